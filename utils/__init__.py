@@ -1,0 +1,1 @@
+"""Building blocks of DST-CBC: transforms, losses, pseudo-labeling, metrics, checkpoints, loops."""
