@@ -1,0 +1,329 @@
+"""Datasets: constants, where the data lives, split lists, and the dataset classes (spec 2 and 3).
+
+A dataset is described once by a `DatasetInfo`; `SegmentationDataset` reads images and labels in
+one of three modes: ground truth, pseudo labels from a folder, or no label (for pseudo-labeling).
+Every list is checked up front (entries, files), every label as it loads (values, size), so a bad
+dataset stops with one line naming the file before any training starts.
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils import transforms as T
+from utils.errors import InputError
+
+REPO_DIR = Path(__file__).resolve().parent
+DATA_SPLITS_DIR = REPO_DIR / 'data_splits'
+IGNORE_INDEX = 255
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COCO_MEAN_BGR = (104.008, 116.669, 122.675)  # Caffe DeepLab weights: BGR, 0..255, std 1
+
+VOC_CLASSES = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
+    'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
+    'train', 'tvmonitor')
+
+
+def voc_palette(num_colors=256):
+    """PASCAL VOC's colour map: the bits of the class index spread over R, G and B, high bit first."""
+    colors = []
+    for index in range(num_colors):
+        red = green = blue = 0
+        value = index
+        for shift in range(7, -1, -1):
+            red |= (value & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colors.append((red, green, blue))
+    return colors
+
+
+VOC_COLORS = tuple(voc_palette(len(VOC_CLASSES)))
+
+CITY_CLASSES = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
+    'bicycle')
+CITY_COLORS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32))
+CITY_NUM_RAW_IDS = 34
+# gtFine labelIds (raw ids 0..33) -> train ids 0..18; every other raw id is ignored.
+CITY_RAW_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def city_label_lookup():
+    """A 256-entry table mapping raw ids to train ids (255 elsewhere)."""
+    table = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
+    for raw_id, train_id in CITY_RAW_TO_TRAIN.items():
+        table[raw_id] = train_id
+    return table
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything that differs between VOC and Cityscapes."""
+    key: str                      # --dataset value
+    title: str
+    class_names: tuple
+    colors: tuple
+    crop_size: tuple              # training crop (height, width)
+    eval_size: tuple              # VOC: pad to this; Cityscapes: the base size itself
+    base_size: tuple | None       # Cityscapes resizes every image to this first
+    splits_dir: Path              # data_splits/<folder>
+    list_dir: str                 # the dataset's own list folder, relative to its root
+    root_env: str
+    default_root: Path
+    label_values: int = field(default=0)   # labels must lie in 0..label_values-1 (or be 255)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def image_path(self, root, name, subset):
+        if self.key == 'voc':
+            return Path(root) / 'JPEGImages' / f'{name}.jpg'
+        return Path(root) / 'leftImg8bit' / subset / f'{name}_leftImg8bit.png'
+
+    def label_path(self, root, name, subset):
+        if self.key == 'voc':
+            return Path(root) / 'SegmentationClassAug' / f'{name}.png'
+        return Path(root) / 'gtFine' / subset / f'{name}_gtFine_labelIds.png'
+
+
+VOC = DatasetInfo(
+    key='voc', title='PASCAL VOC 2012', class_names=VOC_CLASSES, colors=VOC_COLORS,
+    crop_size=(321, 321), eval_size=(505, 505), base_size=None,
+    splits_dir=DATA_SPLITS_DIR / 'PASCAL_VOC_2012', list_dir='ImageSets/Segmentation',
+    root_env='DSTCBC_VOC_ROOT', default_root=REPO_DIR / 'data' / 'VOCdevkit' / 'VOC2012',
+    label_values=len(VOC_CLASSES))
+CITYSCAPES = DatasetInfo(
+    key='city', title='Cityscapes', class_names=CITY_CLASSES, colors=CITY_COLORS,
+    crop_size=(256, 512), eval_size=(512, 1024), base_size=(512, 1024),
+    splits_dir=DATA_SPLITS_DIR / 'Cityscapes', list_dir='data_lists',
+    root_env='DSTCBC_CITY_ROOT', default_root=REPO_DIR / 'data' / 'cityscapes',
+    label_values=CITY_NUM_RAW_IDS)
+DATASETS = {'voc': VOC, 'city': CITYSCAPES}
+
+
+def get_dataset_info(key):
+    if key not in DATASETS:
+        raise InputError(f'--dataset: unknown dataset {key!r} (choose from {", ".join(DATASETS)})')
+    return DATASETS[key]
+
+
+def resolve_root(info, data_root=None):
+    """--data-root, else the environment variable, else the default; it must exist."""
+    if data_root:
+        root, source = Path(data_root), '--data-root'
+    elif os.environ.get(info.root_env):
+        root, source = Path(os.environ[info.root_env]), info.root_env
+    else:
+        root, source = info.default_root, f'the default (set --data-root or {info.root_env})'
+    if not root.is_dir():
+        raise InputError(f'{info.title} root {root} does not exist (from {source})')
+    return root
+
+
+def subset_of(list_name):
+    """Which Cityscapes folder (train/val/test) a list's entries live in."""
+    stem = Path(list_name).stem
+    if stem in ('val', 'valtiny'):
+        return 'val'
+    if stem == 'test':
+        return 'test'
+    return 'train'
+
+
+def find_list(info, root, list_name):
+    """A list in the dataset's own list folder wins (val.txt lives there); else data_splits/."""
+    candidates = [Path(root) / info.list_dir / f'{list_name}.txt', info.splits_dir / f'{list_name}.txt']
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise InputError(f'list {list_name}.txt not found in {candidates[0].parent} or {candidates[1].parent}')
+
+
+def read_list(path):
+    """Read a list of ids; entries that are absolute or climb out with `..` are refused."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise InputError(f'{path}: cannot read list ({error.strerror})') from None
+    names = []
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name:
+            continue
+        parts = name.replace('\\', '/').split('/')
+        if name.startswith(('/', '\\')) or '..' in parts or ':' in parts[0] or ' ' in name:
+            raise InputError(f'{path} line {number}: entry {name!r} is not a plain id inside the data root')
+        names.append(name)
+    if not names:
+        raise InputError(f'{path}: list is empty')
+    return names
+
+
+def load_image(path):
+    """RGB file -> float tensor [3, H, W] in 0..255.
+
+    Pillow decodes (torchvision's decoders are deprecated since 0.29 in favour of TorchCodec).
+    """
+    try:
+        with Image.open(path) as file:
+            array = np.asarray(file.convert('RGB'))
+    except OSError as error:
+        raise InputError(f'{path}: cannot read image ({error})') from None
+    return torch.from_numpy(array).permute(2, 0, 1).float()
+
+
+def load_label_file(path, num_values):
+    """Index PNG -> int64 tensor [H, W]; values must lie in 0..num_values-1 or be 255.
+
+    PIL rather than torchvision decodes labels because a palette PNG (VOC's SegmentationClass)
+    must give its indices, not its colours.
+    """
+    try:
+        with Image.open(path) as png:
+            if png.mode not in ('L', 'P', 'I', 'I;16'):
+                raise InputError(f'{path}: label must be a single-channel index PNG, found mode {png.mode}')
+            array = np.array(png)
+    except (OSError, ValueError) as error:
+        raise InputError(f'{path}: cannot read label ({error})') from None
+    label = torch.from_numpy(array.astype(np.int64))
+    bad = ((label >= num_values) & (label != IGNORE_INDEX)) | (label < 0)
+    if bool(bad.any()):
+        value = int(label[bad][0])
+        raise InputError(f'{path}: label value {value} outside 0..{num_values - 1} and {IGNORE_INDEX}')
+    return label
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Images of one list with ground truth, pseudo labels, or no label.
+
+    mode 'gt':       (image, label)
+    mode 'pseudo':   (image, label read from pseudo_label_dir/<name>.png, already train ids)
+    mode 'unlabeled': (image, index, own size (h, w)) for pseudo-labeling; own size is after the
+                      Cityscapes base resize, i.e. the size labels are written at.
+    """
+
+    MODES = ('gt', 'pseudo', 'unlabeled')
+
+    def __init__(self, info, root, names, subset, transforms, mode='gt', pseudo_label_dir=None,
+                 list_path=None):
+        if mode not in self.MODES:
+            raise ValueError(f'mode must be one of {self.MODES}')
+        if mode == 'pseudo' and pseudo_label_dir is None:
+            raise ValueError('mode "pseudo" needs pseudo_label_dir')
+        self.info = info
+        self.root = Path(root)
+        self.names = list(names)
+        self.subset = subset
+        self.transforms = transforms
+        self.mode = mode
+        self.pseudo_label_dir = Path(pseudo_label_dir) if pseudo_label_dir else None
+        self.list_path = list_path
+        self.label_lookup = city_label_lookup() if info.key == 'city' else None
+
+    def __len__(self):
+        return len(self.names)
+
+    def image_path(self, index):
+        return self.info.image_path(self.root, self.names[index], self.subset)
+
+    def label_path(self, index):
+        if self.mode == 'pseudo':
+            return pseudo_label_path(self.pseudo_label_dir, self.names[index])
+        return self.info.label_path(self.root, self.names[index], self.subset)
+
+    def check_files(self, with_labels=None):
+        """Stop on the first missing image (or label) before any work starts."""
+        with_labels = self.mode != 'unlabeled' if with_labels is None else with_labels
+        where = f' (listed in {self.list_path})' if self.list_path else ''
+        for index in range(len(self)):
+            paths = [self.image_path(index)] + ([self.label_path(index)] if with_labels else [])
+            for path in paths:
+                if not path.is_file():
+                    raise InputError(f'{path}: file not found{where}')
+        return self
+
+    def load_label(self, index):
+        """The label at the image's own size in train ids (Cityscapes: raw ids mapped)."""
+        path = self.label_path(index)
+        if self.mode == 'pseudo':
+            return load_label_file(path, self.info.num_classes)
+        label = load_label_file(path, self.info.label_values)
+        if self.label_lookup is not None:
+            label = self.label_lookup[label]
+        return label
+
+    def load_pair(self, index):
+        image = load_image(self.image_path(index))
+        if self.mode == 'unlabeled':
+            return image, None
+        label = self.load_label(index)
+        if self.mode == 'gt' and tuple(label.shape) != tuple(image.shape[-2:]):
+            raise InputError(f'{self.label_path(index)}: label is {tuple(label.shape)} but image '
+                             f'{self.image_path(index)} is {tuple(image.shape[-2:])}')
+        return image, label
+
+    def __getitem__(self, index):
+        image, label = self.load_pair(index)
+        if self.mode == 'unlabeled':
+            own_size = self.info.base_size or tuple(image.shape[-2:])
+            image, _ = self.transforms(image, None)
+            return image, index, torch.tensor(own_size)
+        if self.mode == 'pseudo':
+            expected = tuple(self.info.base_size or image.shape[-2:])
+            if tuple(label.shape) != expected:
+                raise InputError(f'{self.label_path(index)}: pseudo label is {tuple(label.shape)} '
+                                 f'but its image is labeled at {expected}')
+        return self.transforms(image, label)
+
+
+def pseudo_label_path(pseudo_label_dir, name):
+    return Path(pseudo_label_dir) / f'{name}.png'
+
+
+def build_transforms(info, kind, coco=False, crop_size=None, eval_size=None):
+    """The chains of spec section 3. kind: 'train', 'eval' (also used for labeling) or 'no_aug'.
+
+    Normalisation comes last, as in the original, so padding is black before normalising.
+    """
+    crop_size = tuple(crop_size or info.crop_size)
+    eval_size = tuple(eval_size or info.eval_size)
+    if coco:
+        normalize = T.Normalize(COCO_MEAN_BGR, (1.0, 1.0, 1.0), bgr=True, scale=1.0)
+    else:
+        normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    steps = [T.Resize(info.base_size)] if info.base_size else []
+    if kind == 'train':
+        steps += [T.RandomScale(0.5, 1.5), T.RandomCrop(crop_size), T.RandomHorizontalFlip(0.5)]
+    elif kind == 'no_aug':
+        steps += [T.Resize(crop_size)]
+    elif kind == 'eval':
+        if info.base_size is None:
+            steps += [T.ZeroPad(eval_size)]
+    else:
+        raise ValueError(f'unknown transform kind {kind!r}')
+    return T.Compose(steps + [normalize])
+
+
+def build_dataset(info, root, list_name, mode, transforms, pseudo_label_dir=None, check=True):
+    """Read a list (see `find_list`), build the dataset and check its files up front."""
+    list_path = find_list(info, root, list_name)
+    names = read_list(list_path)
+    dataset = SegmentationDataset(info, root, names, subset_of(list_name), transforms, mode=mode,
+                                  pseudo_label_dir=pseudo_label_dir, list_path=list_path)
+    return dataset.check_files() if check else dataset

@@ -1,0 +1,238 @@
+"""Labeled/unlabeled split lists of the training set (SPEC section 2).
+
+The paper's splits come from one seeded random stream shuffled three times, so reproducing them
+byte for byte depends on three things kept here on purpose: the input is the *sorted* full list,
+the shuffles accumulate (set 1 reshuffles set 0's order, it does not start again from the sorted
+list), and the fractions never draw from the stream, so their number and order do not change any
+file. The output format is one name per line, '\\n' endings, a final newline.
+
+Usage:
+    python generate_splits.py --dataset voc --list voc_trainaug_sorted.txt
+    python generate_splits.py --dataset city --list CITY_ROOT/data_lists/train.txt --out DIR
+
+`--list` has no default: the full VOC train+aug list is not part of the VOC download (it is
+assembled from SBD), and the Cityscapes one is made by cityscapes_data_lists.py under the user's
+dataset root, so there is no path this script could guess reliably.
+"""
+import argparse
+import math
+import os
+import random
+import secrets
+import sys
+from pathlib import Path
+
+from utils.errors import InputError
+
+REPO_DIR = Path(__file__).resolve().parent
+PAPER_SEED = 7777
+PAPER_NUM_SETS = 3
+
+# dataset flag -> (folder under data_splits/, the paper's fractions 1/s of the training list)
+DATASETS = {
+    'voc': ('PASCAL_VOC_2012', (2.0, 4.0, 8.0, 20.0, 50.0, 105.82)),
+    'city': ('Cityscapes', (2.0, 4.0, 8.0, 20.0, 29.75)),
+}
+
+
+def fraction_name(fraction):
+    """The file-name prefix of a fraction.
+
+    The paper names its non-integer fractions after the nearest integer (105.82 -> 106,
+    29.75 -> 30), rounding halves up rather than to even so that 2.5 reads as 3, as a person would.
+    """
+    if float(fraction).is_integer():
+        return str(int(fraction))
+    return str(math.floor(fraction + 0.5))
+
+
+def check_fractions(fractions):
+    """Fractions must be > 1 (the prefix '1' is the whole list) and give distinct file names.
+
+    Raises ValueError: callers decide which flag or argument to blame.
+    """
+    if not fractions:
+        raise ValueError('no fractions given')
+    seen = {}
+    for fraction in fractions:
+        if not math.isfinite(fraction) or fraction <= 1:
+            raise ValueError(f'fraction {fraction!r} must be a finite number greater than 1')
+        name = fraction_name(fraction)
+        if name == '1':
+            raise ValueError(f'fraction {fraction!r} would be named 1, which is the whole list')
+        if name in seen:
+            raise ValueError(f'fractions {seen[name]!r} and {fraction!r} both give file name {name}')
+        seen[name] = fraction
+    return [seen[name] for name in seen]
+
+
+def labeled_count(total, fraction):
+    """How many names are labeled: int(total / fraction), bumped by one when that leaves a last
+    training batch of a single image (k % 8 == 1), which batch norm cannot handle."""
+    count = int(total / fraction)
+    if count % 8 == 1:
+        count += 1
+    return count
+
+
+def make_splits(names, fractions, seed=PAPER_SEED, num_sets=PAPER_NUM_SETS):
+    """Every split file's lines, keyed by file name, in the order the paper writes them.
+
+    `names` is not modified. Raises ValueError on bad fractions, on too few names for a fraction
+    to label even one of them, or on num_sets < 1.
+    """
+    fractions = check_fractions(list(fractions))
+    if num_sets < 1:
+        raise ValueError(f'num_sets must be at least 1, got {num_sets}')
+    order = list(names)
+    for fraction in fractions:
+        if labeled_count(len(order), fraction) < 1:
+            raise ValueError(f'{len(order)} names are too few for fraction {fraction!r}: '
+                             'no name would be labeled')
+    rng = random.Random(seed)
+    splits = {}
+    for set_id in range(num_sets):
+        rng.shuffle(order)
+        splits[f'1_labeled_{set_id}.txt'] = list(order)
+        for fraction in fractions:
+            count = labeled_count(len(order), fraction)
+            prefix = fraction_name(fraction)
+            splits[f'{prefix}_labeled_{set_id}.txt'] = order[:count]
+            splits[f'{prefix}_unlabeled_{set_id}.txt'] = order[count:]
+    return splits
+
+
+def read_list(path, sort=False):
+    """The names in a list file, one per line (surrounding whitespace and blank lines ignored).
+
+    The paper's splits are defined on the sorted list, so an unsorted one is refused unless
+    `sort` asks to sort it here; a silently different order would give different splits.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f'list file {path} does not exist')
+    if not path.is_file():
+        raise InputError(f'list file {path} is not a file')
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError:
+        raise InputError(f'list file {path} is not UTF-8 text') from None
+    except OSError as error:
+        raise InputError(f'list file {path} cannot be read: {error.strerror}') from None
+    names, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise InputError(f'list file {path} has {name!r} twice (lines {first_line[name]} '
+                             f'and {number})')
+        first_line[name] = number
+        names.append(name)
+    if not names:
+        raise InputError(f'list file {path} has no names')
+    if sort:
+        return sorted(names)
+    for previous, name in zip(names, names[1:]):
+        if name < previous:
+            raise InputError(f'list file {path} is not sorted ({name!r} on line {first_line[name]} '
+                             f'comes after {previous!r}); pass --sort to sort it first')
+    return names
+
+
+def write_lines_atomic(path, lines):
+    """Write one line per entry with '\\n' endings and a final newline, via a temporary file in
+    the same folder and os.replace, so a crash never leaves a half-written list behind.
+
+    The temporary file is opened with mode 0o666 (less the umask) rather than through mkstemp,
+    whose private 0o600 would make the lists unreadable to the other people sharing a dataset.
+    """
+    path = Path(path)
+    data = ''.join(f'{line}\n' for line in lines).encode('utf-8')
+    temp_path = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            stream.write(data)
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def prepare_out_dir(out_dir):
+    """Create the output folder, blaming --out when that is impossible."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f'--out {out_dir} exists and is not a folder')
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f'--out {out_dir} cannot be created: {error.strerror}') from None
+    return out_dir
+
+
+def parse_fractions(text):
+    """--fractions as comma-separated numbers, e.g. '2,4,8,105.82'."""
+    try:
+        fractions = [float(part) for part in text.split(',') if part.strip()]
+    except ValueError:
+        raise InputError(f'--fractions {text!r} must be comma-separated numbers') from None
+    try:
+        return check_fractions(fractions)
+    except ValueError as error:
+        raise InputError(f'--fractions {text!r}: {error}') from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description='Write the labeled/unlabeled split lists of the paper (or new ones).')
+    parser.add_argument('--dataset', required=True, choices=sorted(DATASETS),
+                        help='picks the default fractions and output folder')
+    parser.add_argument('--list', required=True, type=Path,
+                        help='the full training list, sorted, one name per line')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='output folder (default: data_splits/PASCAL_VOC_2012 or '
+                             'data_splits/Cityscapes beside this script)')
+    parser.add_argument('--seed', type=int, default=PAPER_SEED,
+                        help=f'random seed (default {PAPER_SEED}, the paper\'s)')
+    parser.add_argument('--sets', type=int, default=PAPER_NUM_SETS,
+                        help=f'how many set ids to write (default {PAPER_NUM_SETS})')
+    parser.add_argument('--fractions', default=None,
+                        help='comma-separated 1/s fractions instead of the dataset\'s, e.g. '
+                             '"2,4,8"; a non-integer s is named after the nearest integer')
+    parser.add_argument('--sort', action='store_true',
+                        help='sort the list first instead of refusing an unsorted one')
+    return parser
+
+
+def run(args):
+    folder, default_fractions = DATASETS[args.dataset]
+    fractions = default_fractions if args.fractions is None else parse_fractions(args.fractions)
+    if args.sets < 1:
+        raise InputError(f'--sets must be at least 1, got {args.sets}')
+    names = read_list(args.list, sort=args.sort)
+    try:
+        splits = make_splits(names, fractions, seed=args.seed, num_sets=args.sets)
+    except ValueError as error:
+        raise InputError(f'list file {args.list}: {error}') from None
+    out_dir = prepare_out_dir(args.out if args.out is not None else REPO_DIR / 'data_splits' / folder)
+    for file_name, lines in splits.items():
+        try:
+            write_lines_atomic(out_dir / file_name, lines)
+        except OSError as error:
+            raise InputError(f'--out {out_dir}: cannot write {file_name}: {error.strerror}') from None
+    print(f'wrote {len(splits)} split files for {len(names)} names to {out_dir}')
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except InputError as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()

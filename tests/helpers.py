@@ -1,0 +1,51 @@
+"""Builders of small on-disk datasets for tests (VOC layout from the real photographs, Cityscapes
+layout from synthetic raw-id labels)."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REALDATA_SUBDIR = Path('realdata') / 'voc14'
+
+
+def build_voc14_tree(shared_dir, root, val_count=4):
+    """The 14 real VOC photographs in the VOC layout under `root`.
+
+    The first 14 - val_count (sorted) go to train.txt, the rest to val.txt; returns (train, val).
+    """
+    source = Path(shared_dir) / REALDATA_SUBDIR
+    root = Path(root)
+    (root / 'JPEGImages').mkdir(parents=True, exist_ok=True)
+    (root / 'SegmentationClassAug').mkdir(parents=True, exist_ok=True)
+    (root / 'ImageSets' / 'Segmentation').mkdir(parents=True, exist_ok=True)
+    names = sorted(path.stem for path in (source / 'images').glob('*.png'))
+    for name in names:
+        with Image.open(source / 'images' / f'{name}.png') as image:
+            image.convert('RGB').save(root / 'JPEGImages' / f'{name}.jpg', quality=95)
+        with Image.open(source / 'labels' / f'{name}.png') as label:
+            label.save(root / 'SegmentationClassAug' / f'{name}.png')
+    train, val = names[:len(names) - val_count], names[len(names) - val_count:]
+    write_list(root / 'ImageSets' / 'Segmentation' / 'train.txt', train)
+    write_list(root / 'ImageSets' / 'Segmentation' / 'val.txt', val)
+    return train, val
+
+
+def write_list(path, names):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(''.join(f'{name}\n' for name in names))
+
+
+def build_city_tree(root, entries, raw_labels, image_size=(512, 1024), seed=0):
+    """A Cityscapes-layout tree: entries like ('train', 'aachen', 'aachen_000000_000019') with a
+    raw-id label array each (same order)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for (split, city, name), raw in zip(entries, raw_labels):
+        image_dir = root / 'leftImg8bit' / split / city
+        label_dir = root / 'gtFine' / split / city
+        image_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(*image_size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(image_dir / f'{name}_leftImg8bit.png')
+        Image.fromarray(np.asarray(raw, dtype=np.uint8)).save(label_dir / f'{name}_gtFine_labelIds.png')
+    return root
