@@ -182,7 +182,7 @@ def load_image(path):
     """
     try:
         with Image.open(path) as file:
-            array = np.asarray(file.convert('RGB'))
+            array = np.array(file.convert('RGB'))
     except OSError as error:
         raise InputError(f'{path}: cannot read image ({error})') from None
     return torch.from_numpy(array).permute(2, 0, 1).float()

@@ -1,0 +1,94 @@
+"""Turn AdvSemiSeg's COCO-pretrained DeepLabV2 into a checkpoint for `--coco --continue-from`.
+
+The paper's numbers start from that file, whose keys follow AdvSemiSeg's own ResNet
+(`conv1.weight`, ..., `layer5.conv2d_list.<i>.*`). Renaming them into our layout (spec section 4)
+lets the rest of the program load it like any of its own checkpoints. Tensors whose shapes
+differ (Cityscapes' 19-class head against COCO-VOC's 21) keep their random initialisation,
+seeded so that two conversions give the same file.
+
+Usage: python convert_coco.py SOURCE --dataset {voc,city} --output PATH
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from models import deeplab_v2
+from utils.checkpoints import save_checkpoint
+from utils.errors import InputError
+
+NUM_CLASSES = {'voc': 21, 'city': 19}
+_SOURCE_HEAD = 'layer5.conv2d_list.'
+_TARGET_HEAD = 'classifier.0.convs.'
+
+
+def target_key(source_key: str) -> str:
+    if source_key.startswith(_SOURCE_HEAD):
+        return _TARGET_HEAD + source_key[len(_SOURCE_HEAD):]
+    return 'backbone.' + source_key
+
+
+def _read_source(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f'{path}: no such file')
+    try:
+        source = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        reason = ' '.join(str(error).split())[:160]
+        raise InputError(f'{path}: unreadable, truncated or not a torch file '
+                         f'({type(error).__name__}: {reason})') from error
+    if not isinstance(source, dict) or not source \
+            or not all(isinstance(v, torch.Tensor) for v in source.values()):
+        raise InputError(f'{path}: not a plain state dict of tensors, '
+                         f'expected resnet101COCO-41f33a49.pth')
+    return source
+
+
+def convert(source: dict, num_classes: int) -> tuple[torch.nn.Module, list[str], list[str]]:
+    """Return the filled model and the source keys that were and were not copied."""
+    # Seed 0 makes the head tensors that do not fit reproducible; the fork leaves the caller's
+    # random stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = deeplab_v2(num_classes, backbone='resnet101')
+    state = model.state_dict()
+    matched, unmatched = [], []
+    for key, tensor in source.items():
+        target = target_key(key)
+        if target in state and state[target].shape == tensor.shape:
+            state[target] = tensor.to(state[target].dtype)
+            matched.append(key)
+        else:
+            unmatched.append(key)
+    model.load_state_dict(state)
+    return model, matched, unmatched
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('source', type=Path, help='resnet101COCO-41f33a49.pth of AdvSemiSeg')
+    parser.add_argument('--dataset', choices=sorted(NUM_CLASSES), required=True)
+    parser.add_argument('--output', type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        source = _read_source(args.source)
+        num_classes = NUM_CLASSES[args.dataset]
+        model, matched, unmatched = convert(source, num_classes)
+        if not matched:
+            raise InputError(f'{args.source}: no tensor matches a DeepLabV2-ResNet101 key, '
+                             f'expected resnet101COCO-41f33a49.pth')
+        save_checkpoint(args.output, model, num_classes=num_classes,
+                        settings={'converted_from': args.source.name, 'dataset': args.dataset})
+    except InputError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'{args.output.name}: {len(matched)} tensors matched, {len(unmatched)} not matched')
+    if unmatched:
+        shown = ', '.join(unmatched[:4]) + (', ...' if len(unmatched) > 4 else '')
+        print(f'  kept at their seeded random init (shape or name differs): {shown}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
