@@ -280,16 +280,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         image, label = self.load_pair(index)
-        if self.mode == 'unlabeled':
-            own_size = self.info.base_size or tuple(image.shape[-2:])
-            image, _ = self.transforms(image, None)
-            return image, index, torch.tensor(own_size)
         if self.mode == 'pseudo':
             expected = tuple(self.info.base_size or image.shape[-2:])
             if tuple(label.shape) != expected:
                 raise InputError(f'{self.label_path(index)}: pseudo label is {tuple(label.shape)} '
                                  f'but its image is labeled at {expected}')
-        return self.transforms(image, label)
+        try:
+            if self.mode == 'unlabeled':
+                own_size = self.info.base_size or tuple(image.shape[-2:])
+                image, _ = self.transforms(image, None)
+                return image, index, torch.tensor(own_size)
+            return self.transforms(image, label)
+        except ValueError as error:
+            raise InputError(f'{self.image_path(index)}: {error}') from None
 
 
 def pseudo_label_path(pseudo_label_dir, name):

@@ -92,11 +92,16 @@ def build_parser():
     train.add_argument('--batch-size', type=positive_int, default=8)
     train.add_argument('--lr', type=float, default=0.002, help='supervised learning rate')
     train.add_argument('--weight-decay', type=float, default=5e-4)
-    train.add_argument('--init-epochs', type=non_negative_int, default=30, help='supervised epochs')
+    train.add_argument('--init-epochs', type=non_negative_int, default=None,
+                       help='supervised epochs: state 2 (default 30, VOC full); in state 1 a supervised '
+                            'warm-up before the rounds (default 0)')
     train.add_argument('--st-epochs', type=non_negative_int, nargs='+', default=[6, 6, 6, 6, 6],
                        help='epochs of each self-training round')
     train.add_argument('--st-lr', type=float, default=0.002, help='self-training learning rate')
     train.add_argument('--iters', type=positive_int, default=5, help='self-training rounds')
+    train.add_argument('--round', type=positive_int, default=None,
+                       help='state 1: run only round R (1-based) of the --iters schedule, as its own '
+                            'process; --continue-from is then the previous round\'s checkpoint')
     train.add_argument('--init-label-ratio', type=ratio, default=0.2, help='CBC ratio of round one')
     train.add_argument('--det-label-ratio', type=float, default=0.2, help='CBC ratio added per round')
     train.add_argument('--gamma', type=float, default=0.0,
@@ -129,6 +134,8 @@ def build_parser():
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     args.save = not args.do_not_save
+    if args.init_epochs is None:
+        args.init_epochs = 30 if args.state == 2 else 0
     if args.resume and not args.exp_name:
         raise InputError('--resume needs the --exp-name of the run to continue')
     if args.exp_name is None:

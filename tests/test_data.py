@@ -280,3 +280,12 @@ def test_rgb_label_is_refused(tmp_path):
     with pytest.raises(InputError) as error:
         dataset[0]
     assert 'colour.png' in one_line(error)
+
+
+def test_image_larger_than_the_evaluation_canvas(voc14_root):
+    chain = dp.build_transforms(dp.VOC, 'eval', eval_size=(400, 400))   # the photographs are 500 on a side
+    dataset = dp.build_dataset(dp.VOC, voc14_root, 'val', 'gt', transforms=chain)
+    with pytest.raises(InputError) as error:
+        dataset[0]
+    message = one_line(error)
+    assert '.jpg' in message and '--eval-size' in message

@@ -110,7 +110,7 @@ def predict_unlabeled(model, loader, runtime, store):
     """
     model.eval()
     sampled_probs, sampled_classes = [], []
-    for images, indices, own_sizes in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True):
+    for images, indices, own_sizes in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True, disable=None):
         images = images.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(images)['out']
@@ -235,7 +235,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
                                for name in names)
         quality = ConfusionMatrix(dataset.info.num_classes) if has_ground_truth else None
         labeled_pixels = total_pixels = 0
-        for index in tqdm(range(len(names)), desc='pseudo-labeling: write', dynamic_ncols=True):
+        for index in tqdm(range(len(names)), desc='pseudo-labeling: write', dynamic_ncols=True, disable=None):
             max_prob, predicted = store.pop(index)
             label = apply_thresholds(max_prob, predicted, thresholds)
             write_png(label, pseudo_label_path(folder, names[index]))

@@ -3,6 +3,7 @@
 One `Experiment` per run names every output, so two experiments never write into each other's
 files (the original shared `temp.pt` and one pseudo-label folder between runs).
 """
+import errno
 import json
 import os
 import signal
@@ -20,10 +21,15 @@ from utils.errors import InputError
 def write_json(path, data):
     """Write JSON to a temporary name, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + '.tmp')
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        reason = 'disk full' if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise InputError(f'{path}: cannot write ({reason})') from None
 
 
 def choose_device(name=None):

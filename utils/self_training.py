@@ -51,6 +51,9 @@ def run_self_training(context):
     experiment = context.experiment
     if len(args.st_epochs) < args.iters:
         raise InputError(f'--st-epochs gives {len(args.st_epochs)} values for --iters {args.iters}')
+    if args.round is not None and args.round > args.iters:
+        raise InputError(f'--round {args.round} is beyond --iters {args.iters}')
+    first_round, end_round = (args.round - 1, args.round) if args.round else (0, args.iters)
     if args.batch_size < 2:
         raise InputError('--batch-size must be at least 2 (half pseudo-labeled, half labeled)')
     resume = context.resume_checkpoint()
@@ -80,7 +83,7 @@ def run_self_training(context):
         start_path, first_round = Path(saved['start_checkpoint']), saved['round']
     else:
         bar, best_scores = starting_bar(context, model, start_checkpoint, context.validation(model))
-        source_path, improved, first_round = start_path, False, 0
+        source_path, improved = start_path, False
     start_miou = saved.get('start_miou', bar)
 
     ratios = round_ratios(args.init_label_ratio, args.det_label_ratio, args.iters)
@@ -91,11 +94,12 @@ def run_self_training(context):
     rounds = saved.get('rounds', [])
     loss_fn = DynamicLoss(args.gamma)
     unlabeled_loader = context.eval_loader(unlabeled_set)
-    experiment.log(f'self-training: {args.iters} rounds at ratios {[round(r, 4) for r in ratios]}, '
-                   f'{len(unlabeled_set)} unlabeled + {len(labeled_set)} labeled images, gamma {args.gamma}, '
-                   f'steps per round {round_steps}')
+    experiment.log(f'self-training: rounds {first_round + 1}..{end_round} of {args.iters} at ratios '
+                   f'{[round(r, 4) for r in ratios[first_round:end_round]]}, {len(unlabeled_set)} unlabeled '
+                   f'+ {len(labeled_set)} labeled images, gamma {args.gamma}, '
+                   f'steps {round_steps[first_round:end_round]}')
 
-    for round_index in range(first_round, args.iters):
+    for round_index in range(first_round, end_round):
         ratio = ratios[round_index]
         # A resume checkpoint at step 0 marks a round boundary: the round starts afresh.
         resuming_round = bool(saved) and round_index == first_round and resume['step'] > 0

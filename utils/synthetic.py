@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 # VOC class indices used by the synthetic objects (the names do not matter; 0 is background).
-SHAPES = {1: 'disk', 2: 'square', 3: 'triangle', 4: 'ring', 5: 'cross', 6: 'ellipse'}
-TEXTURES = {1: 'hstripes', 2: 'vstripes', 3: 'checker', 4: 'dots', 5: 'solid', 6: 'dstripes'}
+SHAPES = {1: 'disk', 2: 'square', 3: 'triangle', 4: 'ring'}
+TEXTURES = {1: 'hstripes', 2: 'vstripes', 3: 'checker', 4: 'solid'}
 NUM_SYNTHETIC_CLASSES = 1 + len(SHAPES)
 
 
@@ -47,7 +47,7 @@ def _shape_mask(kind, ys, xs, cy, cx, size, angle):
 
 def _texture(kind, ys, xs, rng):
     """A 0/1 pattern that mixes an object's two colours."""
-    period = rng.uniform(4.0, 7.0)
+    period = rng.uniform(6.0, 10.0)   # coarse enough to survive a 0.5x random scale
     phase = rng.uniform(0, 2 * np.pi)
     if kind == 'hstripes':
         return np.sin(2 * np.pi * ys / period + phase) > 0
@@ -83,7 +83,7 @@ def make_sample(rng, height, width):
     label = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(1, 4)):
         class_id = int(rng.integers(1, NUM_SYNTHETIC_CLASSES))
-        size = rng.uniform(0.12, 0.28) * min(height, width)
+        size = rng.uniform(0.16, 0.3) * min(height, width)
         cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
         mask = _shape_mask(SHAPES[class_id], ys, xs, cy, cx, size, rng.uniform(0, np.pi))
         pattern = _texture(TEXTURES[class_id], ys, xs, rng)

@@ -107,7 +107,7 @@ def evaluate(model, loader, num_classes, runtime, desc='evaluate'):
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(num_classes, device=runtime.device)
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         images = images.to(runtime.device, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
@@ -191,7 +191,7 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
     model.train()
     train_confusion = ConfusionMatrix(num_classes, device=runtime.device)
     running_loss, running_count = 0.0, 0
-    progress = tqdm(total=state.total_steps, initial=state.step, desc=tag, dynamic_ncols=True)
+    progress = tqdm(total=state.total_steps, initial=state.step, desc=tag, dynamic_ncols=True, disable=None)
     try:
         while state.step < state.total_steps:
             images, labels, split_index = next(batches)

@@ -129,12 +129,19 @@ class RandomHorizontalFlip:
 
 
 class ZeroPad:
-    """Evaluation padding to a fixed canvas (VOC: 505x505) so images batch without resizing."""
+    """Evaluation padding to a fixed canvas (VOC: 505x505) so images batch without resizing.
+
+    An image larger than the canvas is an error: cropping would drop pixels from the scores.
+    """
 
     def __init__(self, size):
         self.size = tuple(size)
 
     def __call__(self, image, label=None):
+        height, width = image.shape[-2:]
+        if height > self.size[0] or width > self.size[1]:
+            raise ValueError(f'image is {height}x{width}, larger than the evaluation canvas '
+                             f'{self.size[0]}x{self.size[1]} (--eval-size)')
         return pad_pair(image, label, self.size)
 
     def __repr__(self):

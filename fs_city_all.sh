@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The paper's supervised baselines on Cityscapes (spec section 6): lr 0.004, COCO weights (run
+# prepare_coco.sh first), three random splits each, plus valtiny variants of the smallest split.
+# A run whose results file exists is skipped. Extra arguments go to every run.
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+MAIN="$(cd "$(dirname "$0")" && pwd)/main.py"
+
+run() {  # run <exp-name> <flags...>
+  local name=$1; shift
+  if [ -f "logs/$name/results.json" ]; then echo "skip $name (finished)"; return; fi
+  local resume=()
+  [ -f "logs/$name/last.pt" ] && resume=(--resume)
+  "$PYTHON" "$MAIN" --exp-name="$name" --state=2 --dataset=city --lr=0.004 \
+    --continue-from=city_coco_resnet101.pt --coco --mixed-precision "${resume[@]}" "$@"
+}
+
+# split  epochs  validate-every
+while read -r split epochs val_steps; do
+  sets="0 1 2"
+  [ "$split" = 1 ] && sets="0"
+  for set_id in $sets; do
+    run "fs_city_${split}-${set_id}" --split="$split" --sets-id="$set_id" \
+      --init-epochs="$epochs" --val-num-steps="$val_steps" "$@"
+  done
+done <<'TABLE'
+1 60 1000
+4 120 500
+8 170 350
+30 330 100
+TABLE
+
+for set_id in 0 1 2; do
+  run "fs_city_30-${set_id}_valtiny" --split=30 --sets-id="$set_id" --init-epochs=330 \
+    --val-num-steps=100 --valtiny "$@"
+done

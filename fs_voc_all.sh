@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The paper's supervised baselines on PASCAL VOC 2012 (spec section 6): DeepLabV2-ResNet101 from
+# the COCO weights (run prepare_coco.sh first), three random splits each, plus valtiny variants of
+# the smallest split. A run whose results file exists is skipped, so rerunning resumes the list.
+# Extra arguments are passed to every run (e.g. --data-root /data/VOC2012 --workers 8).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+MAIN="$(cd "$(dirname "$0")" && pwd)/main.py"
+
+run() {  # run <exp-name> <flags...>
+  local name=$1; shift
+  if [ -f "logs/$name/results.json" ]; then echo "skip $name (finished)"; return; fi
+  local resume=()
+  [ -f "logs/$name/last.pt" ] && resume=(--resume)
+  "$PYTHON" "$MAIN" --exp-name="$name" --state=2 --dataset=voc \
+    --continue-from=voc_coco_resnet101.pt --coco --mixed-precision "${resume[@]}" "$@"
+}
+
+# split  epochs  validate-every
+while read -r split epochs val_steps; do
+  sets="0 1 2"
+  [ "$split" = 1 ] && sets="0"   # the full set has one "split"
+  for set_id in $sets; do
+    run "fs_voc_${split}-${set_id}" --split="$split" --sets-id="$set_id" \
+      --init-epochs="$epochs" --val-num-steps="$val_steps" "$@"
+  done
+done <<'TABLE'
+1 30 1000
+4 60 500
+8 85 350
+20 134 220
+50 212 140
+106 300 100
+TABLE
+
+for set_id in 0 1 2; do
+  run "fs_voc_106-${set_id}_valtiny" --split=106 --sets-id="$set_id" --init-epochs=300 \
+    --val-num-steps=100 --valtiny "$@"
+done
