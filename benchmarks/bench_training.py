@@ -15,7 +15,8 @@ in a fresh process: evaluation first, then training, so that the peak RSS read a
 (ru_maxrss) is that phase's own high-water mark; on CUDA, torch.cuda.max_memory_allocated is reset
 before each phase. Warm-up steps are not timed.
 
-    python benchmarks/bench_training.py                  # resnet14, 80x80 crops, ~1 minute on CPU
+    python benchmarks/bench_training.py                  # resnet14, 80x80 crops, < 1 minute on CPU
+    python benchmarks/bench_training.py --threads 1      # steadier on a busy machine
     python benchmarks/bench_training.py --device cuda --backbone resnet101 \\
         --crop-size 321 321 --batch-size 8 --eval-size 505 505 --steps 50 --warmup 5
 """
@@ -83,7 +84,7 @@ def contention_warning(threads):
     except OSError:
         return None
     cpus = os.cpu_count() or 1
-    if load + threads <= cpus + 0.5:
+    if load + threads <= cpus + 0.9:
         return None
     advice = '; --threads 1 is steadier on a busy machine' if threads > 1 else ''
     return (f'warning: load average {load:.2f} on {cpus} CPU(s): other jobs compete with these '
