@@ -27,6 +27,15 @@ STATES = {0: run_pseudo_labeling, 1: run_self_training, 2: run_supervised, 3: ru
 EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (no usage block), like every other input error."""
 
@@ -57,11 +66,12 @@ def ratio(text):
 
 def build_parser():
     parser = OneLineParser(description=__doc__.splitlines()[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     what = parser.add_argument_group('what to run')
     what.add_argument('--state', type=int, choices=sorted(STATES), required=True,
                       help='0 pseudo-label, 1 self-training (DST-CBC), 2 supervised training, 3 evaluation')
-    what.add_argument('--dataset', choices=sorted(dp.DATASETS), default='voc')
+    what.add_argument('--dataset', choices=sorted(dp.DATASETS), default='voc',
+                      help='voc: PASCAL VOC 2012 (21 classes); city: Cityscapes (19 classes)')
     what.add_argument('--data-root', default=None,
                       help='dataset folder; else $DSTCBC_VOC_ROOT / $DSTCBC_CITY_ROOT, else ./data/...')
     what.add_argument('--exp-name', default=None, help='names every output; default: a timestamp')

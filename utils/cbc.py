@@ -212,7 +212,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     names = dataset.names
     existing = read_manifest(folder)
     if matches(existing, checkpoint_sha256, ratio, names):
-        log(f'pseudo labels in {folder} already match this checkpoint and ratio {ratio}: reused')
+        log(f'pseudo labels in {folder} already match this checkpoint and ratio {ratio:.4g}: reused')
         return existing
     claim_folder(folder, experiment_name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     write_json(folder / MANIFEST_NAME, manifest)
     quality_text = (f', mIoU of kept labels vs ground truth {manifest["pseudo_label_miou"] * 100:.2f} '
                     f'(diagnostic only)' if manifest.get('pseudo_label_miou') is not None else '')
-    log(f'pseudo-labeling at ratio {ratio}: {len(names)} labels in {folder}, '
+    log(f'pseudo-labeling at ratio {ratio:.4g}: {len(names)} labels in {folder}, '
         f'{manifest["labeled_share"] * 100:.2f}% of pixels labeled{quality_text}')
     return manifest
 
