@@ -145,7 +145,8 @@ def test_spec_command_lines_parse_unchanged():
 # --- resume -------------------------------------------------------------------------------------
 
 def start(cwd, *args):
-    return subprocess.Popen([sys.executable, str(MAIN), *map(str, args)], cwd=cwd,
+    """In its own process group, so that a signal can go to the whole group, as Ctrl-C does."""
+    return subprocess.Popen([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -157,23 +158,26 @@ def wait_for(path, process, timeout=300):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize('kill_signal', [signal.SIGKILL, signal.SIGTERM], ids=['SIGKILL', 'SIGTERM'])
-def test_killed_run_resumes_from_its_saved_step(synthetic_root, tmp_path, kill_signal):
+@pytest.mark.parametrize('kill_signal,workers', [(signal.SIGKILL, 0), (signal.SIGTERM, 0), (signal.SIGINT, 1)],
+                         ids=['SIGKILL', 'SIGTERM', 'Ctrl-C to the group, with a loader worker'])
+def test_killed_run_resumes_from_its_saved_step(synthetic_root, tmp_path, kill_signal, workers):
     args = ['--state', 2, '--exp-name', 'long', '--data-root', synthetic_root, '--split', '1',
-            '--init-epochs', 8, '--val-num-steps', 1000, '--save-every', 5, '--eval-size', 96, 128, *TINY]
+            '--init-epochs', 8, '--val-num-steps', 1000, '--save-every', 5, '--eval-size', 96, 128, *TINY,
+            '--workers', workers]
     total_steps = 8 * 6   # 24 images in batches of 4
     process = start(tmp_path, *args)
     last_state = tmp_path / 'logs' / 'long' / 'last.pt'
     wait_for(last_state, process)
-    process.send_signal(kill_signal)
+    os.killpg(process.pid, kill_signal)
     stdout, stderr = process.communicate(timeout=120)
     saved_step = load_checkpoint(last_state, num_classes=21)['step']
     assert 0 < saved_step < total_steps
-    if kill_signal == signal.SIGTERM:
-        assert process.returncode == 130
-        assert 'SIGTERM' in stderr and '--resume' in stderr and len(stderr.strip().splitlines()) == 1
-    else:
+    if kill_signal == signal.SIGKILL:
         assert saved_step % 5 == 0
+    else:
+        assert process.returncode == 130, stderr[-2000:]
+        stopped = [line for line in stderr.splitlines() if line.startswith('stopped: ')]
+        assert len(stopped) == 1 and signal.Signals(kill_signal).name in stopped[0] and '--resume' in stopped[0]
     assert not (tmp_path / 'logs' / 'long' / 'results.json').exists()
 
     refused = cli(tmp_path, *args, check=False)
@@ -200,9 +204,20 @@ def test_killed_self_training_round_resumes(synthetic_root, tmp_path):
     process.communicate(timeout=120)
     saved = load_checkpoint(last_state, num_classes=21)
     assert saved['train_state']['phase'] == 'self_training' and saved['step'] > 0
+    # The file the round labeled with changes (in a one-process run the best checkpoint is
+    # overwritten mid-round): the resumed round must keep the labels it trained on, checked by
+    # the SHA-256 saved with its state, not relabel from the new file.
+    supervised = load_checkpoint(tmp_path / 'sup.pt', num_classes=21)
+    model = deeplab_v2(21, backbone='resnet14')
+    model.load_state_dict(supervised['model'])
+    with torch.no_grad():
+        model.classifier[0].convs[0].bias.add_(1.0)
+    save_checkpoint(tmp_path / 'sup.pt', model, num_classes=21, best_miou=supervised['best_miou'],
+                    extra={'validation': supervised['validation']})
     cli(tmp_path, *args, '--resume')
     log = (tmp_path / 'logs' / 'dst' / 'run.log').read_text()
-    assert 'already match this checkpoint and ratio 0.2: reused' in log
+    assert 'pseudo labels of the interrupted round checked and reused' in log
+    assert log.count('pseudo-labeling at ratio 0.2') == 1, 'labeled once, before the kill'
     assert f'round 1: resumed at step {saved["step"]}' in log
     assert results(tmp_path, 'dst')['rounds'][0]['steps'] == 3 * 11   # 21 unlabeled, 2 per batch
 
@@ -265,3 +280,21 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root,
     good = load_checkpoint(tmp_path / 'boom.pt', num_classes=21)
     assert all(torch.isfinite(tensor).all() for tensor in good['model'].values() if tensor.is_floating_point())
     assert good['step'] < step
+
+
+def test_spec_evaluation_command_runs_unchanged(shared_dir, tmp_path):
+    """The third command line of spec section 11, verbatim: ResNet-101, VOC padding to 505x505,
+    COCO normalisation, mixed precision; the dataset comes from DSTCBC_VOC_ROOT."""
+    root = tmp_path / 'voc'
+    build_voc14_tree(shared_dir, root, val_count=1)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / 'your_model.pt', deeplab_v2(21), num_classes=21)
+    completed = subprocess.run(
+        [sys.executable, str(MAIN), *'--state=3 --dataset=voc --continue-from=your_model.pt '
+                                     '--mixed-precision --coco'.split()],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, DSTCBC_VOC_ROOT=str(root)))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert 'mIoU' in completed.stdout and 'aeroplane' in completed.stdout
+    result = json.loads(next((tmp_path / 'logs').glob('*/results.json')).read_text())
+    assert result['state'] == 3 and 0 <= result['miou'] <= 1

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,7 +130,7 @@ class StopRequest:
 def stop_on_signals():
     """Turn SIGINT/SIGTERM into a StopRequest for the duration of training (main thread only)."""
     request = StopRequest()
-    if sys.platform == 'win32' or not _in_main_thread():
+    if sys.platform == 'win32' or threading.current_thread() is not threading.main_thread():
         yield request
         return
 
@@ -144,8 +145,3 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _in_main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()

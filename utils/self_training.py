@@ -33,7 +33,7 @@ def pseudo_and_labeled_batches(pseudo_loader, labeled_loader):
         yield torch.cat([pseudo_images, images]), torch.cat([pseudo_labels, labels]), len(pseudo_images)
 
 
-def starting_bar(context, model, checkpoint, validate):
+def starting_bar(context, checkpoint, validate):
     """The mIoU round one must beat: stored in the checkpoint when measured on our val set."""
     stored = context.stored_miou(checkpoint)
     if stored is not None:
@@ -63,11 +63,11 @@ def run_self_training(context):
     unlabeled_set = context.dataset(context.unlabeled_list, 'unlabeled', 'eval')
     model = context.build_model(initialise_backbone=False)
 
-    # Optional supervised warm-up (--init-epochs > 0), as the original's one-process form allows.
-    start_path = Path(args.continue_from) if args.continue_from else None
-    if start_path is None:
+    if not args.continue_from:
         raise InputError('--continue-from is required for --state=1 (the supervised checkpoint)')
+    start_path = Path(args.continue_from)
     start_checkpoint = context.load_weights(model, start_path)
+    # Optional supervised warm-up (--init-epochs > 0), as the original's one-process form allows.
     if args.init_epochs > 0 and saved.get('phase', 'supervised') == 'supervised':
         if resume is not None:
             context.load_weights(model, experiment.resume_checkpoint, '--resume')
@@ -82,7 +82,7 @@ def run_self_training(context):
         source_path, improved = Path(saved['source_checkpoint']), saved['improved']
         start_path, first_round = Path(saved['start_checkpoint']), saved['round']
     else:
-        bar, best_scores = starting_bar(context, model, start_checkpoint, context.validation(model))
+        bar, best_scores = starting_bar(context, start_checkpoint, context.validation(model))
         source_path, improved = start_path, False
     start_miou = saved.get('start_miou', bar)
 
@@ -103,15 +103,23 @@ def run_self_training(context):
         ratio = ratios[round_index]
         # A resume checkpoint at step 0 marks a round boundary: the round starts afresh.
         resuming_round = bool(saved) and round_index == first_round and resume['step'] > 0
-        source_sha = file_sha256(source_path)
-        context.load_weights(model, source_path, 'best checkpoint so far')
-        experiment.log(f'round {round_index + 1}/{args.iters}: ratio {ratio:.4g}, labeling with {source_path}')
-        report = generate_pseudo_labels(
-            model, unlabeled_set, unlabeled_loader, ratio=ratio,
-            pseudo_label_dir=experiment.pseudo_label_dir, checkpoint_path=source_path,
-            checkpoint_sha256=source_sha, experiment_name=experiment.name, runtime=context.runtime,
-            memory_budget_mb=args.label_memory_mb, log=experiment.log)
-        check_pseudo_labels(experiment.pseudo_label_dir, source_sha, ratio, unlabeled_set.names)
+        if resuming_round:
+            # The labels of the interrupted round came from the checkpoint as it was then (the
+            # file may since hold a better one): check them by the SHA-256 saved with the state.
+            source_sha = saved['source_sha256']
+            report = check_pseudo_labels(experiment.pseudo_label_dir, source_sha, ratio, unlabeled_set.names)
+            experiment.log(f'round {round_index + 1}/{args.iters}: pseudo labels of the interrupted '
+                           f'round checked and reused')
+        else:
+            source_sha = file_sha256(source_path)
+            context.load_weights(model, source_path, 'best checkpoint so far')
+            experiment.log(f'round {round_index + 1}/{args.iters}: ratio {ratio:.4g}, labeling with {source_path}')
+            report = generate_pseudo_labels(
+                model, unlabeled_set, unlabeled_loader, ratio=ratio,
+                pseudo_label_dir=experiment.pseudo_label_dir, checkpoint_path=source_path,
+                checkpoint_sha256=source_sha, experiment_name=experiment.name, runtime=context.runtime,
+                memory_budget_mb=args.label_memory_mb, log=experiment.log)
+            check_pseudo_labels(experiment.pseudo_label_dir, source_sha, ratio, unlabeled_set.names)
         global_step = sum(round_steps[:round_index])
         experiment.scalar('pseudo_labels/labeled_share', report['labeled_share'], global_step)
         if report.get('pseudo_label_miou') is not None:
@@ -124,7 +132,8 @@ def run_self_training(context):
                            context.runtime.grad_scaler(), round_steps[round_index], best_miou=bar,
                            extra={'phase': 'self_training', 'round': round_index, 'start_miou': start_miou,
                                   'start_checkpoint': str(start_path), 'source_checkpoint': str(source_path),
-                                  'improved': improved, 'best_scores': best_scores, 'rounds': rounds})
+                                  'source_sha256': source_sha, 'improved': improved,
+                                  'best_scores': best_scores, 'rounds': rounds})
         if resuming_round:
             context.load_weights(model, experiment.resume_checkpoint, '--resume')
             restore_state(state, resume)
@@ -154,11 +163,12 @@ def run_self_training(context):
                             'pseudo_label_miou': report.get('pseudo_label_miou'),
                             'thresholds': report['thresholds'], 'best_miou_after': bar}]
         experiment.log(f'round {round_index + 1} done: best val mIoU so far {bar * 100:.2f}')
-        # Round boundary: a resume from here starts the next round from the best checkpoint.
-        state.step = 0
-        state.extra.update(round=round_index + 1, source_checkpoint=str(source_path), rounds=rounds,
-                           best_scores=best_scores)
-        save_state(experiment.resume_checkpoint, state, context.info.num_classes, context.settings)
+        if round_index + 1 < end_round:
+            # Round boundary: a resume from here starts the next round from the best checkpoint.
+            state.step = 0
+            state.extra.update(round=round_index + 1, source_checkpoint=str(source_path), rounds=rounds,
+                               best_scores=best_scores)
+            save_state(experiment.resume_checkpoint, state, context.info.num_classes, context.settings)
 
     if not improved:
         # No round beat the start: the experiment's checkpoint is the start, so chains go on.

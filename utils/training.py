@@ -194,7 +194,14 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
     progress = tqdm(total=state.total_steps, initial=state.step, desc=tag, dynamic_ncols=True, disable=None)
     try:
         while state.step < state.total_steps:
-            images, labels, split_index = next(batches)
+            try:
+                images, labels, split_index = next(batches)
+            except Exception:
+                # Ctrl-C reaches loader workers too, which then die mid-fetch; the step was not
+                # taken, so the state is still whole: save it rather than lose the run.
+                if stop:
+                    stop_now(state, hooks, stop, tag)
+                raise
             images = images.to(runtime.device, non_blocking=True)
             labels = labels.to(runtime.device, non_blocking=True)
             with runtime.autocast():
@@ -244,16 +251,16 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
                     state.best_miou = scores.miou
                     hooks.on_best(state, scores)
 
-            if stop or (save_every and state.step % save_every == 0):
-                path = hooks.save_last(state)
-                if stop:
-                    raise Interrupted(f'{stop.signal_name} at step {state.step} of {tag}: state saved '
-                                      f'to {path}; continue with the same command and --resume')
+            if stop:
+                stop_now(state, hooks, stop, tag)
+            if save_every and state.step % save_every == 0:
+                hooks.save_last(state)
     finally:
         progress.close()
     return state
 
 
-def supervised_batches(loader):
-    for images, labels in loader:
-        yield images, labels, None
+def stop_now(state, hooks, stop, tag):
+    path = hooks.save_last(state)
+    raise Interrupted(f'{stop.signal_name} at step {state.step} of {tag}: state saved to {path}; '
+                      f'continue with the same command and --resume')
