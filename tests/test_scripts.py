@@ -3,7 +3,6 @@ checkpoint to checkpoint, finished runs are skipped and killed ones resumed on a
 
 A stand-in for python (PYTHON=...) records each command and writes the outputs a finished run
 leaves (results.json, the checkpoint), so the scripts run in a second."""
-import json
 import os
 import shlex
 import stat
