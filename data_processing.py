@@ -6,7 +6,7 @@ Every list is checked up front (entries, files), every label as it loads (values
 dataset stops with one line naming the file before any training starts.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,7 @@ class DatasetInfo:
     list_dir: str                 # the dataset's own list folder, relative to its root
     root_env: str
     default_root: Path
-    label_values: int = field(default=0)   # labels must lie in 0..label_values-1 (or be 255)
+    label_values: int             # ground-truth labels lie in 0..label_values-1 (or are 255)
 
     @property
     def num_classes(self):

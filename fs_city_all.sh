@@ -3,16 +3,11 @@
 # prepare_coco.sh first), three random splits each, plus valtiny variants of the smallest split.
 # A run whose results file exists is skipped. Extra arguments go to every run.
 set -euo pipefail
-PYTHON=${PYTHON:-python3}
-MAIN="$(cd "$(dirname "$0")" && pwd)/main.py"
+source "$(dirname "$0")/run_once.sh"
 
 run() {  # run <exp-name> <flags...>
-  local name=$1; shift
-  if [ -f "logs/$name/results.json" ]; then echo "skip $name (finished)"; return; fi
-  local resume=()
-  [ -f "logs/$name/last.pt" ] && resume=(--resume)
-  "$PYTHON" "$MAIN" --exp-name="$name" --state=2 --dataset=city --lr=0.004 \
-    --continue-from=city_coco_resnet101.pt --coco --mixed-precision "${resume[@]}" "$@"
+  run_once "$1" --state=2 --dataset=city --lr=0.004 \
+    --continue-from=city_coco_resnet101.pt --coco --mixed-precision "${@:2}"
 }
 
 # split  epochs  validate-every

@@ -4,16 +4,10 @@
 # the smallest split. A run whose results file exists is skipped, so rerunning resumes the list.
 # Extra arguments are passed to every run (e.g. --data-root /data/VOC2012 --workers 8).
 set -euo pipefail
-PYTHON=${PYTHON:-python3}
-MAIN="$(cd "$(dirname "$0")" && pwd)/main.py"
+source "$(dirname "$0")/run_once.sh"
 
 run() {  # run <exp-name> <flags...>
-  local name=$1; shift
-  if [ -f "logs/$name/results.json" ]; then echo "skip $name (finished)"; return; fi
-  local resume=()
-  [ -f "logs/$name/last.pt" ] && resume=(--resume)
-  "$PYTHON" "$MAIN" --exp-name="$name" --state=2 --dataset=voc \
-    --continue-from=voc_coco_resnet101.pt --coco --mixed-precision "${resume[@]}" "$@"
+  run_once "$1" --state=2 --dataset=voc --continue-from=voc_coco_resnet101.pt --coco --mixed-precision "${@:2}"
 }
 
 # split  epochs  validate-every

@@ -16,13 +16,12 @@ dataset root, so there is no path this script could guess reliably.
 """
 import argparse
 import math
-import os
 import random
-import secrets
 import sys
 from pathlib import Path
 
 from utils.errors import InputError
+from utils.files import atomic_path
 
 REPO_DIR = Path(__file__).resolve().parent
 PAPER_SEED = 7777
@@ -141,23 +140,9 @@ def read_list(path, sort=False):
 
 
 def write_lines_atomic(path, lines):
-    """Write one line per entry with '\\n' endings and a final newline, via a temporary file in
-    the same folder and os.replace, so a crash never leaves a half-written list behind.
-
-    The temporary file is opened with mode 0o666 (less the umask) rather than through mkstemp,
-    whose private 0o600 would make the lists unreadable to the other people sharing a dataset.
-    """
-    path = Path(path)
-    data = ''.join(f'{line}\n' for line in lines).encode('utf-8')
-    temp_path = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
-    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            stream.write(data)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
+    """Write one line per entry with '\\n' endings and a final newline, atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(''.join(f'{line}\n' for line in lines).encode('utf-8'))
 
 
 def prepare_out_dir(out_dir):

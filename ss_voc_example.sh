@@ -5,24 +5,16 @@
 # and a killed round is resumed. Needs the supervised baselines fs_voc_106-<set>.pt
 # (fs_voc_all.sh). Extra arguments go to every run (e.g. --data-root /data/VOC2012).
 set -euo pipefail
-PYTHON=${PYTHON:-python3}
-MAIN="$(cd "$(dirname "$0")" && pwd)/main.py"
+source "$(dirname "$0")/run_once.sh"
 ROUNDS=5
 
 for set_id in 0 1 2; do
   previous="fs_voc_106-${set_id}.pt"
   for round in $(seq 1 "$ROUNDS"); do
     name="ss_voc_106-${set_id}_round${round}"
-    if [ -f "logs/$name/results.json" ]; then
-      echo "skip $name (finished)"
-    else
-      resume=()
-      [ -f "logs/$name/last.pt" ] && resume=(--resume)
-      "$PYTHON" "$MAIN" --exp-name="$name" --gamma=9 --dataset=voc --val-num-steps=1000 --state=1 \
-        --iters="$ROUNDS" --round="$round" --init-epochs=0 --st-epochs 6 6 6 6 6 --st-lr=0.002 \
-        --split=106 --sets-id="$set_id" --continue-from="$previous" --coco --mixed-precision \
-        "${resume[@]}" "$@"
-    fi
+    run_once "$name" --gamma=9 --dataset=voc --val-num-steps=1000 --state=1 --iters="$ROUNDS" \
+      --round="$round" --init-epochs=0 --st-epochs 6 6 6 6 6 --st-lr=0.002 --split=106 \
+      --sets-id="$set_id" --continue-from="$previous" --coco --mixed-precision "$@"
     previous="$name.pt"
   done
   echo "ss_voc_106-${set_id}: best checkpoint $previous"

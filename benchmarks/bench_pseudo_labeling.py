@@ -30,32 +30,27 @@ first in every process.
 """
 import argparse
 import json
-import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-if str(REPO_DIR) not in sys.path:
-    sys.path.insert(0, str(REPO_DIR))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import data_processing as dp  # noqa: E402
-from models import deeplab_v2  # noqa: E402
-from utils import cbc  # noqa: E402
-from utils.metrics import ConfusionMatrix  # noqa: E402
-from utils.synthetic import make_synthetic_voc  # noqa: E402
-from utils.training import Runtime, make_loader  # noqa: E402
+# benchmarks/common.py; importing it puts the repository root on sys.path for the imports below.
+from common import (cpu_seconds, format_table, load_text, machine_text, max_rss_mb,
+                    print_load_at_start, print_result, run_in_child, synchronize)
+import data_processing as dp
+from models import deeplab_v2
+from utils import cbc
+from utils.metrics import ConfusionMatrix
+from utils.synthetic import make_synthetic_voc
+from utils.training import Runtime, make_loader
 
 METHODS = ('ours-memory', 'ours-spill', 'original')
 TITLES = {
@@ -63,70 +58,15 @@ TITLES = {
     'ours-spill': 'ours, 1 pass, maps spilled to disk',
     'original': 'original, 2 passes (emulated)',
 }
-RESULT_MARK = 'BENCH-RESULT '
 DATA_FORMAT = 'bench-pseudo-data-v1'
 
 
 # --------------------------------------------------------------------------------------------
 # Measuring helpers
 # --------------------------------------------------------------------------------------------
-def max_rss_mb():
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10)
-
-
-def cpu_seconds():
-    """User + system CPU time of this process so far (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def png_pixels(path):
     with Image.open(path) as png:
         return png.size[0] * png.size[1]
-
-
-def cpu_name():
-    """The CPU model as /proc/cpuinfo names it (Linux), else platform's guess."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_text():
-    """The 1-minute load average against the CPU count: above the count, other jobs compete."""
-    try:
-        return f'{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPU(s)'
-    except OSError:
-        return 'unknown'
-
-
-def contention_warning(threads):
-    """A line of advice when other jobs already keep the CPUs busy, else None.
-
-    Seen on a shared 2-core machine: with 2 threads and another job on one core, every parallel
-    region waits for the preempted thread and a step took up to 7x longer than with 1 thread.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return None
-    cpus = os.cpu_count() or 1
-    if load + threads <= cpus + 0.9:
-        return None
-    advice = '; --threads 1 is steadier on a busy machine' if threads > 1 else ''
-    return (f'warning: load average {load:.2f} on {cpus} CPU(s): other jobs compete with these '
-            f'{threads} thread(s), so the timings are only indicative{advice}')
-
-
-def synchronize(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 class ForwardCounter:
@@ -374,7 +314,7 @@ def run_child(method, config_path, run_dir):
         'rss_before_mb': rss_before, 'peak_rss_mb': max_rss_mb(), 'labels_dir': str(labels_dir),
         'pixels': sum(png_pixels(path) for path in sorted(labels_dir.glob('*.png'))),
     })
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,15 +350,8 @@ def prepare_model(work_dir, args):
 
 
 def run_measurement(method, config_path, run_dir):
-    env = dict(os.environ, TQDM_DISABLE='1')
-    command = [sys.executable, str(Path(__file__).resolve()), '--child', method,
-               '--config', str(config_path), '--run-dir', str(run_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO_DIR))
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if done.returncode != 0 or not lines:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f'{method}: measurement process failed (exit {done.returncode})')
-    return json.loads(lines[-1][len(RESULT_MARK):])
+    return run_in_child(__file__, method, ['--child', method, '--config', str(config_path),
+                                           '--run-dir', str(run_dir)])
 
 
 def compare_labels(first_dir, second_dir):
@@ -463,17 +396,6 @@ def describe_check(title, ours, other, comparison):
               'disagree with ours (a non-deterministic kernel), or the masking differs; suspect '
               'the emulation first if it runs on a non-deterministic device.')
     return False
-
-
-def format_table(rows, headers):
-    widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
-    lines = ['  '.join(str(h).ljust(w) if i == 0 else str(h).rjust(w)
-                       for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append('  '.join('-' * w for w in widths))
-    for row in rows:
-        lines.append('  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))))
-    return '\n'.join(lines)
 
 
 def report(results, args, eval_size, comparisons_ok):
@@ -600,16 +522,12 @@ def main(argv=None):
     work_dir = Path(tempfile.mkdtemp(prefix='bench-pseudo-')) if temporary else Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     eval_size = list(args.eval_size or (args.height[1], args.width[1]))
-    print(f'machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU(s), python {platform.python_version()}, '
-          f'torch {torch.__version__}, {args.threads} thread(s), device {args.device}')
+    print(machine_text(args.threads, args.device))
     print(f'setup: {args.images} images of {args.height[0]}-{args.height[1]} x '
           f'{args.width[0]}-{args.width[1]} px padded to {eval_size[0]}x{eval_size[1]}, '
           f'{args.backbone} (random weights), batch {args.batch_size}, ratio {args.ratio}, '
           f'repeat {args.repeat}')
-    print(f'load average at start: {load_text()}')
-    warning = contention_warning(args.threads) if args.device == 'cpu' else None
-    if warning:
-        print(warning)
+    print_load_at_start(args.threads, args.device)
     try:
         data_root = prepare_data(work_dir, args)
         checkpoint = prepare_model(work_dir, args)

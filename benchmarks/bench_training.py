@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Training and evaluation throughput of DeepLabV2 as this project runs it.
 
-The training step is the one of utils.training.train_loop for a self-training batch: forward under
-the run's autocast, logits upsampled to the crop (align_corners=True), DynamicLoss with the first
-half of the batch pseudo-labeled (spec section 5), loss.item(), backward through the GradScaler,
-SGD step (momentum 0.9, weight decay 5e-4), poly scheduler step, and the train confusion matrix on
-the labeled half. The evaluation step is utils.training.evaluate's: forward, upsample to the padded
-size, argmax, confusion matrix. Inputs are random tensors already on the device, so the figures
-are the network's, not the data loader's.
+Training runs utils.training.train_loop itself on self-training batches: forward under the run's
+autocast, logits upsampled to the crop (align_corners=True), DynamicLoss with the first half of
+the batch pseudo-labeled (spec section 5), loss.item(), backward through the GradScaler, SGD step
+(momentum 0.9, weight decay 5e-4), poly scheduler step, the train confusion matrix on the labeled
+half, and the loop's bookkeeping; its hooks (validation, checkpoints, logging) are stubs, and it
+validates only once, with the stub, after the last step. Evaluation runs utils.training.evaluate
+itself: forward, upsample to the padded size, argmax, confusion matrix. Both are fed the same
+random tensors, already on the device, over and over, so the figures are the network's and the
+loops', not the data loader's. A step's time runs from the loop asking for its batch to the loop
+asking for the next one (the device synchronized first), the last step's to the loop's return.
 
 Precisions: float32, and bfloat16 under torch.autocast (what --mixed-precision means on a CPU);
 on CUDA also float16 with a GradScaler (what --mixed-precision means there). Each precision runs
@@ -22,78 +25,26 @@ before each phase. Warm-up steps are not timed.
 """
 import argparse
 import json
-import os
-import platform
-import resource
+import math
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-if str(REPO_DIR) not in sys.path:
-    sys.path.insert(0, str(REPO_DIR))
+import torch
 
-import torch  # noqa: E402
-
-from models import deeplab_v2  # noqa: E402
-from utils.losses import DynamicLoss  # noqa: E402
-from utils.metrics import ConfusionMatrix  # noqa: E402
-from utils.training import Runtime, build_optimizer, build_scheduler, upsample  # noqa: E402
+# benchmarks/common.py; importing it puts the repository root on sys.path for the imports below.
+from common import (cpu_seconds, format_table, load_text, machine_text, max_rss_mb,
+                    print_load_at_start, print_result, run_in_child, synchronize)
+from models import deeplab_v2
+from utils.losses import DynamicLoss
+from utils.metrics import SegmentationScores
+from utils.training import (LoopHooks, Runtime, TrainState, build_optimizer, build_scheduler,
+                            evaluate, train_loop)
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-RESULT_MARK = 'BENCH-RESULT '
 PAPER_COMMAND = ('python benchmarks/bench_training.py --device cuda --backbone resnet101 '
                  '--crop-size 321 321 --batch-size 8 --eval-size 505 505 --eval-batch-size 8 '
                  '--steps 50 --warmup 5 --eval-steps 20')
-
-
-def max_rss_mb():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10)
-
-
-def cpu_name():
-    """The CPU model as /proc/cpuinfo names it (Linux), else platform's guess."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_text():
-    """The 1-minute load average against the CPU count: above the count, other jobs compete."""
-    try:
-        return f'{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPU(s)'
-    except OSError:
-        return 'unknown'
-
-
-def contention_warning(threads):
-    """A line of advice when other jobs already keep the CPUs busy, else None.
-
-    Seen on a shared 2-core machine: with 2 threads and another job on one core, every parallel
-    region waits for the preempted thread and a step took up to 7x longer than with 1 thread.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return None
-    cpus = os.cpu_count() or 1
-    if load + threads <= cpus + 0.9:
-        return None
-    advice = '; --threads 1 is steadier on a busy machine' if threads > 1 else ''
-    return (f'warning: load average {load:.2f} on {cpus} CPU(s): other jobs compete with these '
-            f'{threads} thread(s), so the timings are only indicative{advice}')
-
-
-def synchronize(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def reset_cuda_peak(device):
@@ -116,25 +67,39 @@ def random_labels(batch, size, num_classes, device, generator):
     return labels.to(device)
 
 
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(step, warmup, steps, device):
-    """Run `step` warmup + steps times; return the wall time of each measured call and the
-    process CPU time (user + system, all threads) of all of them together."""
-    for _ in range(warmup):
-        step()
+def clock(device):
+    """(wall, CPU) seconds now, after the device has finished its queued work."""
     synchronize(device)
-    times = []
-    cpu_start = cpu_seconds()
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times, cpu_seconds() - cpu_start
+    return time.perf_counter(), cpu_seconds()
+
+
+def clocked_batches(batch, warmup, steps, device, marks):
+    """Yield `batch` warmup + steps times; before each of the last `steps`, append clock() to
+    `marks`, so that consecutive marks bound one step of the loop that draws the batches."""
+    for index in range(warmup + steps):
+        if index >= warmup:
+            marks.append(clock(device))
+        yield batch
+
+
+def step_times(marks):
+    """Each step's wall time, and the CPU time of all of them, from the marks (the last one taken
+    after the loop returned)."""
+    walls = [wall for wall, _ in marks]
+    return [end - start for start, end in zip(walls, walls[1:])], marks[-1][1] - marks[0][1]
+
+
+def not_validated():
+    """The validation hook: scores that are NaN, so the loop records no new best."""
+    return SegmentationScores(pixel_accuracy=math.nan, iou=[], miou=math.nan)
+
+
+def ignore(*_):
+    return None
+
+
+STUB_HOOKS = LoopHooks(validate=not_validated, on_best=ignore, save_last=ignore, log=ignore,
+                       scalar=ignore)
 
 
 def measure(precision, config):
@@ -152,79 +117,52 @@ def measure(precision, config):
     eval_batch, eval_size = config['eval_batch_size'], tuple(config['eval_size'])
     eval_images = torch.randn(eval_batch, 3, *eval_size, generator=generator).to(device)
     eval_labels = random_labels(eval_batch, eval_size, num_classes, device, generator)
-    confusion = ConfusionMatrix(num_classes, device=device)
-    model.eval()
-
-    @torch.no_grad()
-    def eval_step():
-        with runtime.autocast():
-            logits = model(eval_images)['out']
-        predictions = upsample(logits.float(), eval_labels.shape[-2:]).argmax(1)
-        confusion.update(eval_labels, predictions)
-
+    marks = []
     reset_cuda_peak(device)
-    result['eval_times'], result['eval_cpu'] = timed(eval_step, config['eval_warmup'],
-                                                     config['eval_steps'], device)
+    evaluate(model, clocked_batches((eval_images, eval_labels), config['eval_warmup'],
+                                    config['eval_steps'], device, marks), num_classes, runtime)
+    marks.append(clock(device))
+    result['eval_times'], result['eval_cpu'] = step_times(marks)
     result['eval_peak_rss_mb'] = max_rss_mb()
     result['eval_cuda_peak_mb'] = cuda_peak_mb(device)
 
-    # Training: one self-training step of train_loop.
+    # Training: train_loop over warmup + steps self-training batches, one phase of that length.
     batch, crop = config['batch_size'], tuple(config['crop_size'])
-    split_index = config['pseudo_count']
     images = torch.randn(batch, 3, *crop, generator=generator).to(device)
     labels = random_labels(batch, crop, num_classes, device, generator)
     loss_fn = DynamicLoss(config['gamma'])
-    optimizer = build_optimizer(model, lr=config['lr'], weight_decay=5e-4)
-    scheduler = build_scheduler(optimizer, total_steps=config['warmup'] + config['steps'])
-    scaler = runtime.grad_scaler()
-    train_confusion = ConfusionMatrix(num_classes, device=device)
     losses = []
-    model.train()
 
-    def train_step():
-        with runtime.autocast():
-            logits = model(images)['out']
-        logits = upsample(logits.float(), labels.shape[-2:])
-        loss = loss_fn(logits, labels, split_index)
-        losses.append(loss.item())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        train_confusion.update(labels[split_index:], logits[split_index:].detach().argmax(1))
+    def recorded_loss(logits, targets, split_index):
+        """The loss train_loop asks for, kept (detached, read after the timing) for the report."""
+        loss = loss_fn(logits, targets, split_index)
+        losses.append(loss.detach())
+        return loss
 
+    total_steps = config['warmup'] + config['steps']
+    optimizer = build_optimizer(model, lr=config['lr'], weight_decay=5e-4)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, total_steps),
+                       runtime.grad_scaler(), total_steps)
+    marks = []
     reset_cuda_peak(device)
-    result['train_times'], result['train_cpu'] = timed(train_step, config['warmup'],
-                                                       config['steps'], device)
+    train_loop(state, clocked_batches((images, labels, config['pseudo_count']), config['warmup'],
+                                      config['steps'], device, marks),
+               recorded_loss, runtime, STUB_HOOKS, val_every=total_steps + 1, save_every=0,
+               stop=None, num_classes=num_classes, tag=f'bench-{precision}')
+    marks.append(clock(device))
+    result['train_times'], result['train_cpu'] = step_times(marks)
     result['train_peak_rss_mb'] = max_rss_mb()
     result['train_cuda_peak_mb'] = cuda_peak_mb(device)
-    result['losses'] = losses
+    result['losses'] = [loss.item() for loss in losses]
     return result
 
 
 def run_child(precision, config_json):
-    result = measure(precision, json.loads(config_json))
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    print_result(measure(precision, json.loads(config_json)))
 
 
 def run_measurement(precision, config):
-    command = [sys.executable, str(Path(__file__).resolve()), '--child', precision,
-               '--config', json.dumps(config)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO_DIR))
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if done.returncode != 0 or not lines:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f'{precision}: measuring process failed (exit {done.returncode})')
-    return json.loads(lines[-1][len(RESULT_MARK):])
-
-
-def format_table(rows, headers):
-    widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
-    def line(cells):
-        return '  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-    return '\n'.join([line(headers), '  '.join('-' * w for w in widths)] + [line(r) for r in rows])
+    return run_in_child(__file__, precision, ['--child', precision, '--config', json.dumps(config)])
 
 
 def optional_mb(value):
@@ -297,19 +235,13 @@ def main(argv=None):
         'eval_size', 'eval_batch_size', 'eval_steps', 'eval_warmup', 'num_classes', 'threads',
         'device', 'seed')}
     device = torch.device(args.device)
-    gpu = f', GPU {torch.cuda.get_device_name(device)}' if device.type == 'cuda' else ''
-    print(f'machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU(s){gpu}, python '
-          f'{platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s), '
-          f'device {args.device}')
+    print(machine_text(args.threads, args.device))
     print(f'setup: {args.backbone} (random weights), train crop {args.crop_size[0]}x{args.crop_size[1]} '
           f'batch {args.batch_size} ({args.pseudo_count} pseudo-labeled, gamma {args.gamma:g}), '
           f'{args.warmup}+{args.steps} steps; eval {args.eval_size[0]}x{args.eval_size[1]} batch '
           f'{args.eval_batch_size}, {args.eval_warmup}+{args.eval_steps} batches')
 
-    print(f'load average at start: {load_text()}')
-    warning = contention_warning(args.threads) if device.type == 'cpu' else None
-    if warning:
-        print(warning)
+    print_load_at_start(args.threads, args.device)
     results = []
     for precision in args.precisions:
         start = time.perf_counter()
@@ -339,10 +271,9 @@ def main(argv=None):
     print()
     for result in results:
         losses = result['losses']
-        finite = all(value == value and abs(value) != float('inf') for value in losses)
         print(f"{result['precision']}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over "
-              f"{len(losses)} steps{'' if finite else ' (NOT FINITE)'}; RSS after building the "
-              f"model {result['rss_after_build_mb']:.0f} MB")
+              f"{len(losses)} steps; RSS after building the model "
+              f"{result['rss_after_build_mb']:.0f} MB")
     print('steps/s and img/s come from the median step time (less sensitive than the mean to '
           'short bursts of other jobs); CPU s/step = user + system time of the measuring '
           'process per step, all threads. RSS = peak resident set size of the measuring process '

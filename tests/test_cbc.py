@@ -479,7 +479,7 @@ def test_full_disk_at_the_final_manifest(setup, tmp_path, monkeypatch):
     manifest_writes = []
 
     def write_text_until_disk_full(path, data, *args, **kwargs):
-        if path.name == 'pseudo_labels.json.tmp':
+        if path.name.startswith('pseudo_labels.json.') and path.name.endswith('.tmp'):
             manifest_writes.append(json.loads(data))
             if len(manifest_writes) == 2:   # the first (incomplete) fits, the final one does not
                 original_write_text(path, data[:10], *args, **kwargs)

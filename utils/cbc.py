@@ -9,10 +9,8 @@ Each label folder carries `pseudo_labels.json`, which says which checkpoint (by 
 ratio made it and whether it is complete. It is written "incomplete" before the first label and
 "complete" after the last, so a stale or half-written folder is refused, never trained on.
 """
-import errno
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,8 +22,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_processing import IGNORE_INDEX, pseudo_label_path
+from utils.context import finish
 from utils.errors import InputError
 from utils.experiment import write_json
+from utils.files import atomic_path, write_failure
 from utils.metrics import ConfusionMatrix
 from utils.transforms import resize_label
 
@@ -126,17 +126,13 @@ def predict_unlabeled(model, loader, runtime, store):
 
 
 def write_png(label, path):
-    """A uint8 PNG written under a temporary name, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + '.tmp')
+    """A uint8 PNG, written atomically."""
     try:
-        Image.fromarray(label.numpy().astype(np.uint8), mode='L').save(temporary, format='PNG')
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            Image.fromarray(label.numpy().astype(np.uint8), mode='L').save(temporary, format='PNG')
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        reason = 'disk full' if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise InputError(f'{path}: cannot write pseudo label ({reason}); the folder is marked '
-                         f'incomplete and will not be trained on') from None
+        raise InputError(f'{path}: cannot write pseudo label ({write_failure(error)}); the folder is '
+                         f'marked incomplete and will not be trained on') from None
 
 
 def file_sha256(path):
@@ -263,8 +259,6 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
 
 def run_pseudo_labeling(context):
     """State 0: label the unlabeled list of --split/--sets-id with --continue-from at --label-ratio."""
-    from utils.context import finish  # the CLI face of CBC; keeps the algorithm above importable alone
-
     args = context.args
     ratio = args.label_ratio if args.label_ratio is not None else args.init_label_ratio
     model = context.build_model(initialise_backbone=False)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from utils.errors import InputError
+from utils.files import atomic_path
 
 FORMAT = 'dstcbc-v1'
 CLASSIFIER_KEY = 'classifier.0.convs.0.weight'
@@ -84,19 +85,11 @@ def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, s
             raise ValueError(f'extra item {key!r} would overwrite a checkpoint field')
         payload[key] = _plain(value, f'extra[{key!r}]')
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + '.tmp')
-    try:
-        with open(temporary, 'wb') as file:
-            torch.save(payload, file)
-            file.flush()
-            # Without it a power cut after the rename can leave an empty file under the old name.
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, 'wb') as file:
+        torch.save(payload, file)
+        file.flush()
+        # Without it a power cut after the rename can leave an empty file under the old name.
+        os.fsync(file.fileno())
 
 
 def _one_line(error: BaseException, limit: int = 100) -> str:

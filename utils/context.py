@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision
 
 import data_processing as dp
 from models import deeplab_v2
@@ -154,5 +155,4 @@ def describe_checkpoint(checkpoint):
 
 
 def torch_versions():
-    import torchvision
     return {'torch': torch.__version__, 'torchvision': torchvision.__version__}

@@ -3,9 +3,7 @@
 One `Experiment` per run names every output, so two experiments never write into each other's
 files (the original shared `temp.pt` and one pseudo-label folder between runs).
 """
-import errno
 import json
-import os
 import signal
 import sys
 import threading
@@ -17,20 +15,16 @@ import torch
 from tqdm import tqdm
 
 from utils.errors import InputError
+from utils.files import atomic_path, write_failure
 
 
 def write_json(path, data):
-    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
-    path = Path(path)
-    temporary = path.with_name(path.name + '.tmp')
+    """Write JSON atomically: a reader never sees half a file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        reason = 'disk full' if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise InputError(f'{path}: cannot write ({reason})') from None
+        raise InputError(f'{path}: cannot write ({write_failure(error)})') from None
 
 
 def choose_device(name=None):
