@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from data_processing import IGNORE_INDEX, pseudo_label_path
-from utils.context import finish
+from utils.context import finish, scores_summary
 from utils.errors import InputError
 from utils.experiment import write_json
 from utils.files import atomic_path, write_failure
 from utils.metrics import ConfusionMatrix
+from utils.training import upsample
 from utils.transforms import resize_label
 
 SAMPLE_STRIDE = 16           # thresholds come from every 16th pixel of each flattened map
@@ -114,7 +114,7 @@ def predict_unlabeled(model, loader, runtime, store):
         images = images.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(images)['out']
-        logits = F.interpolate(logits.float(), size=images.shape[-2:], mode='bilinear', align_corners=True)
+        logits = upsample(logits.float(), images.shape[-2:])
         for logit, index, (height, width) in zip(logits, indices.tolist(), own_sizes.tolist()):
             probs = torch.softmax(logit[:, :height, :width], dim=0)
             max_prob, predicted = probs.max(dim=0)
@@ -248,7 +248,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     if quality is not None:
         scores = quality.compute()
         manifest['pseudo_label_miou'] = None if scores.miou != scores.miou else scores.miou
-        manifest['pseudo_label_scores'] = scores.to_dict(list(dataset.info.class_names))
+        manifest['pseudo_label_scores'] = scores_summary(scores, dataset.info)
     write_json(folder / MANIFEST_NAME, manifest)
     quality_text = (f', mIoU of kept labels vs ground truth {manifest["pseudo_label_miou"] * 100:.2f} '
                     f'(diagnostic only)' if manifest.get('pseudo_label_miou') is not None else '')

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from utils.cbc import check_pseudo_labels, file_sha256, generate_pseudo_labels
-from utils.context import describe_checkpoint, finish
+from utils.context import describe_checkpoint, finish, scores_summary
 from utils.errors import InputError
 from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
@@ -43,7 +43,7 @@ def starting_bar(context, checkpoint, validate):
     context.experiment.log('starting checkpoint carries no mIoU for this validation set: evaluating it')
     scores = validate()
     context.experiment.log(f'starting checkpoint: val mIoU {scores.miou * 100:.2f}, the bar to beat')
-    return scores.miou, scores.to_dict(list(context.info.class_names))
+    return scores.miou, scores_summary(scores, context.info)
 
 
 def run_self_training(context):

@@ -24,7 +24,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     None means endless (the labeled stream that self-training cycles through).
     """
 
-    def __init__(self, size, batch_size, seed, start_batch=0, num_batches=None, shuffle=True):
+    def __init__(self, size, batch_size, seed, start_batch=0, num_batches=None):
         if size <= 0:
             raise ValueError('cannot sample batches from an empty dataset')
         self.size = size
@@ -32,15 +32,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         self.seed = seed
         self.start_batch = start_batch
         self.num_batches = num_batches
-        self.shuffle = shuffle
 
     @property
     def batches_per_epoch(self):
         return math.ceil(self.size / self.batch_size)
 
     def epoch_order(self, epoch):
-        if not self.shuffle:
-            return torch.arange(self.size)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.size, generator=generator)
 
