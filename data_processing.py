@@ -2,11 +2,11 @@
 
 A dataset is described once by a `DatasetInfo`; `SegmentationDataset` reads images and labels in
 one of three modes: ground truth, pseudo labels from a folder, or no label (for pseudo-labeling).
-Every list is checked up front (entries, files), every label as it loads (values, size), so a bad
-dataset stops with one line naming the file before any training starts.
+Lists are checked as they are read (entries that escape the root), files for existence when a
+dataset is built; utils/data_check.py decodes every file before training starts.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from utils.errors import InputError
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_SPLITS_DIR = REPO_DIR / 'data_splits'
-IGNORE_INDEX = 255
+IGNORE_INDEX = T.IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,8 +63,8 @@ CITY_RAW_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8
 
 
 def city_label_lookup():
-    """A 256-entry table mapping raw ids to train ids (255 elsewhere)."""
-    table = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
+    """A 256-entry uint8 table mapping raw ids to train ids (255 elsewhere)."""
+    table = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
     for raw_id, train_id in CITY_RAW_TO_TRAIN.items():
         table[raw_id] = train_id
     return table
@@ -114,6 +114,14 @@ CITYSCAPES = DatasetInfo(
     root_env='DSTCBC_CITY_ROOT', default_root=REPO_DIR / 'data' / 'cityscapes',
     label_values=CITY_NUM_RAW_IDS)
 DATASETS = {'voc': VOC, 'city': CITYSCAPES}
+
+
+def full_resolution(info):
+    """The dataset evaluated at its files' own size: Cityscapes without its 512x1024 base resize
+    (labels at 1024x2048, for sliding-window evaluation); VOC is unchanged."""
+    if info.base_size is None:
+        return info
+    return replace(info, base_size=None, eval_size=(1024, 2048))
 
 
 def get_dataset_info(key):
@@ -176,20 +184,20 @@ def read_list(path):
 
 
 def load_image(path):
-    """RGB file -> float tensor [3, H, W] in 0..255.
+    """RGB file -> uint8 tensor [3, H, W] (a view of the decoded HWC array, no copy).
 
     Pillow decodes (torchvision's decoders are deprecated since 0.29 in favour of TorchCodec).
     """
     try:
         with Image.open(path) as file:
-            array = np.array(file.convert('RGB'))
+            array = np.array(file if file.mode == 'RGB' else file.convert('RGB'))
     except OSError as error:
         raise InputError(f'{path}: cannot read image ({error})') from None
-    return torch.from_numpy(array).permute(2, 0, 1).float()
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def load_label_file(path, num_values):
-    """Index PNG -> int64 tensor [H, W]; values must lie in 0..num_values-1 or be 255.
+def read_label_array(path):
+    """Index PNG -> numpy array [H, W] of its indices, or InputError naming the file.
 
     PIL rather than torchvision decodes labels because a palette PNG (VOC's SegmentationClass)
     must give its indices, not its colours.
@@ -198,24 +206,47 @@ def load_label_file(path, num_values):
         with Image.open(path) as png:
             if png.mode not in ('L', 'P', 'I', 'I;16'):
                 raise InputError(f'{path}: label must be a single-channel index PNG, found mode {png.mode}')
-            array = np.array(png)
+            return np.array(png)
     except (OSError, ValueError) as error:
         raise InputError(f'{path}: cannot read label ({error})') from None
-    label = torch.from_numpy(array.astype(np.int64))
-    bad = ((label >= num_values) & (label != IGNORE_INDEX)) | (label < 0)
-    if bool(bad.any()):
-        value = int(label[bad][0])
-        raise InputError(f'{path}: label value {value} outside 0..{num_values - 1} and {IGNORE_INDEX}')
-    return label
+
+
+def check_label_values(array, path, num_values):
+    """Values must lie in 0..num_values-1 or be 255; the first bad value is named."""
+    if array.dtype == np.uint8:
+        # v - num_values wraps around in uint8: below 255 - num_values exactly for the values
+        # num_values..254, the bad ones (one pass, no histogram).
+        shifted = array - np.uint8(num_values) if num_values < IGNORE_INDEX else None
+        if shifted is None or not (shifted < IGNORE_INDEX - num_values).any():
+            return
+    elif not (((array >= num_values) & (array != IGNORE_INDEX)) | (array < 0)).any():
+        return
+    bad = ((array >= num_values) & (array != IGNORE_INDEX)) | (array < 0)
+    raise InputError(f'{path}: label value {int(array[bad].flat[0])} outside 0..{num_values - 1} '
+                     f'and {IGNORE_INDEX}')
+
+
+def load_label_file(path, num_values):
+    """Index PNG -> uint8 tensor [H, W]; values must lie in 0..num_values-1 or be 255."""
+    array = read_label_array(path)
+    check_label_values(array, path, num_values)
+    return torch.from_numpy(array if array.dtype == np.uint8 else array.astype(np.uint8))
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images of one list with ground truth, pseudo labels, or no label.
 
-    mode 'gt':       (image, label)
-    mode 'pseudo':   (image, label read from pseudo_label_dir/<name>.png, already train ids)
-    mode 'unlabeled': (image, index, own size (h, w)) for pseudo-labeling; own size is after the
-                      Cityscapes base resize, i.e. the size labels are written at.
+    An item is asked for by index, or by (index, seed) from the training samplers: the seed
+    drives that sample's augmentation (utils/transforms.py), so it does not depend on the loader
+    worker or on the order of draws. Every item is a dict:
+      'image'    float32 [3, h, w], normalised
+      'label'    uint8 [h, w] (modes 'gt' and 'pseudo'; 255 = ignore)
+      'index'    position in the list
+      'own_size' (height, width) labels are written at: the image's own size (Cityscapes: after
+                 the 512x1024 base resize), before any evaluation padding
+      'file_size' (height, width) of the image file
+    Modes: 'gt' (ground truth), 'pseudo' (labels read from pseudo_label_dir/<name>.png, already
+    train ids), 'unlabeled' (no label; for pseudo-labeling).
     """
 
     MODES = ('gt', 'pseudo', 'unlabeled')
@@ -239,6 +270,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.names)
 
+    @property
+    def has_labels(self):
+        return self.mode != 'unlabeled'
+
     def image_path(self, index):
         return self.info.image_path(self.root, self.names[index], self.subset)
 
@@ -247,9 +282,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return pseudo_label_path(self.pseudo_label_dir, self.names[index])
         return self.info.label_path(self.root, self.names[index], self.subset)
 
+    def ground_truth_path(self, index):
+        """Where this image's ground truth would be (also for unlabeled and pseudo modes)."""
+        return self.info.label_path(self.root, self.names[index], self.subset)
+
     def check_files(self, with_labels=None):
         """Stop on the first missing image (or label) before any work starts."""
-        with_labels = self.mode != 'unlabeled' if with_labels is None else with_labels
+        with_labels = self.has_labels if with_labels is None else with_labels
         where = f' (listed in {self.list_path})' if self.list_path else ''
         for index in range(len(self)):
             paths = [self.image_path(index)] + ([self.label_path(index)] if with_labels else [])
@@ -258,15 +297,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
                     raise InputError(f'{path}: file not found{where}')
         return self
 
-    def load_label(self, index):
-        """The label at the image's own size in train ids (Cityscapes: raw ids mapped)."""
-        path = self.label_path(index)
-        if self.mode == 'pseudo':
-            return load_label_file(path, self.info.num_classes)
+    def load_ground_truth(self, index, path=None):
+        """Ground truth at the image's file size in train ids (Cityscapes: raw ids mapped)."""
+        path = path or self.ground_truth_path(index)
         label = load_label_file(path, self.info.label_values)
         if self.label_lookup is not None:
-            label = self.label_lookup[label]
+            label = self.label_lookup[label.long()]
         return label
+
+    def load_label(self, index):
+        """The label at the image's own size in train ids (pseudo labels are stored so)."""
+        if self.mode == 'pseudo':
+            return load_label_file(self.label_path(index), self.info.num_classes)
+        return self.load_ground_truth(index, self.label_path(index))
 
     def load_pair(self, index):
         image = load_image(self.image_path(index))
@@ -278,21 +321,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
                              f'{self.image_path(index)} is {tuple(image.shape[-2:])}')
         return image, label
 
-    def __getitem__(self, index):
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
         image, label = self.load_pair(index)
-        if self.mode == 'pseudo':
-            expected = tuple(self.info.base_size or image.shape[-2:])
-            if tuple(label.shape) != expected:
-                raise InputError(f'{self.label_path(index)}: pseudo label is {tuple(label.shape)} '
-                                 f'but its image is labeled at {expected}')
+        file_size = tuple(image.shape[-2:])
+        own_size = tuple(self.info.base_size or file_size)
+        if self.mode == 'pseudo' and tuple(label.shape) != own_size:
+            raise InputError(f'{self.label_path(index)}: pseudo label is {tuple(label.shape)} '
+                             f'but its image is labeled at {own_size}')
         try:
-            if self.mode == 'unlabeled':
-                own_size = self.info.base_size or tuple(image.shape[-2:])
-                image, _ = self.transforms(image, None)
-                return image, index, torch.tensor(own_size)
-            return self.transforms(image, label)
+            image, label = self.transforms(image, label, generator)
         except ValueError as error:
             raise InputError(f'{self.image_path(index)}: {error}') from None
+        item = {'image': image, 'index': index, 'own_size': torch.tensor(own_size),
+                'file_size': torch.tensor(file_size)}
+        if label is not None:
+            item['label'] = label
+        return item
 
 
 def pseudo_label_path(pseudo_label_dir, name):
@@ -312,7 +358,7 @@ def build_transforms(info, kind, coco=False, crop_size=None, eval_size=None):
         normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     steps = [T.Resize(info.base_size)] if info.base_size else []
     if kind == 'train':
-        steps += [T.RandomScale(0.5, 1.5), T.RandomCrop(crop_size), T.RandomHorizontalFlip(0.5)]
+        steps += [T.ScaleCropFlip(crop_size, 0.5, 1.5, 0.5)]
     elif kind == 'no_aug':
         steps += [T.Resize(crop_size)]
     elif kind == 'eval':
@@ -324,7 +370,8 @@ def build_transforms(info, kind, coco=False, crop_size=None, eval_size=None):
 
 
 def build_dataset(info, root, list_name, mode, transforms, pseudo_label_dir=None, check=True):
-    """Read a list (see `find_list`), build the dataset and check its files up front."""
+    """Read a list (see `find_list`), build the dataset and check that its files exist (the
+    thorough check, decoding every file, is utils/data_check.py's)."""
     list_path = find_list(info, root, list_name)
     names = read_list(list_path)
     dataset = SegmentationDataset(info, root, names, subset_of(list_name), transforms, mode=mode,

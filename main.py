@@ -4,6 +4,7 @@ Flags keep the meaning they had in the original program (spec section 11); this 
 them and hands a RunContext to the state's function.
 """
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -14,17 +15,18 @@ import torch
 
 import data_processing as dp
 from models import BACKBONES
-from utils.cbc import run_pseudo_labeling
-from utils.context import RunContext, torch_versions
-from utils.errors import InputError, Interrupted, TrainingDiverged
+from utils import distributed
+from utils.context import RunContext, resolve_architecture, torch_versions
+from utils.errors import InputError, PeerFailure, RunError, one_line
 from utils.evaluation import run_evaluation
 from utils.experiment import Experiment, autocast_dtype, choose_device, describe_precision
+from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.supervised import run_supervised
 from utils.training import Runtime
 
 STATES = {0: run_pseudo_labeling, 1: run_self_training, 2: run_supervised, 3: run_evaluation}
-EXIT_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_INPUT = InputError.exit_status
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -57,11 +59,25 @@ def non_negative_int(text):
     return value
 
 
-def ratio(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f'must be a number > 0, got {text}')
+def finite_number(text, low, low_inclusive, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a number, got {text}') from None
+    if not math.isfinite(value) or value < low or (value == low and not low_inclusive):
+        raise argparse.ArgumentTypeError(f'must be a finite number {what}, got {text}')
     return value
+
+
+def positive_number(text):
+    return finite_number(text, 0.0, False, '> 0')
+
+
+def non_negative_number(text):
+    return finite_number(text, 0.0, True, '>= 0')
+
+
+ratio = positive_number
 
 
 def build_parser():
@@ -85,36 +101,48 @@ def build_parser():
     what.add_argument('--valtiny', action='store_true', help='validate on the small valtiny list')
 
     model = parser.add_argument_group('network and precision')
-    model.add_argument('--backbone', choices=sorted(BACKBONES), default='resnet101',
-                       help='resnet101 is the paper\'s; resnet14 (one block per stage, no pretrained '
-                            'weights) is for CPU demos and tests')
-    model.add_argument('--head-branches', type=int, choices=(2, 4), default=2,
-                       help='2 = the original\'s head (sums two of its four branches), 4 = all four')
+    model.add_argument('--backbone', choices=sorted(BACKBONES), default=None,
+                       help='resnet101 (the paper\'s, the default) or resnet50; resnet14 (one block per '
+                            'stage, no pretrained weights) is for CPU demos and tests. Default: what the '
+                            'checkpoint to load records, else resnet101')
+    model.add_argument('--head-branches', type=int, choices=(2, 4), default=None,
+                       help='2 = the original\'s head (sums two of its four branches), 4 = all four. '
+                            'Default: what the checkpoint records, else 2')
     model.add_argument('--coco', action='store_true',
                        help='COCO-pretrained Caffe weights: BGR 0..255 input normalisation')
     model.add_argument('--from-scratch', action='store_true',
                        help='no ImageNet weights for the backbone when no checkpoint is given')
     model.add_argument('--mixed-precision', action='store_true',
                        help='torch.autocast: float16 on CUDA, bfloat16 on CPU')
-    model.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ...; default: cuda if present')
+    model.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ...; default: cuda if present '
+                       '(under torchrun: cuda:<local rank>)')
+    model.add_argument('--sync-bn', action='store_true',
+                       help='several processes: SyncBatchNorm over the global batch (default: the '
+                            'original\'s plain BatchNorm, per process)')
+    model.add_argument('--frozen-bn', action='store_true',
+                       help='BatchNorm keeps its stored statistics while training (eval mode), for '
+                            'small per-GPU batches; results then do not depend on the process count')
+    model.add_argument('--dist-timeout', type=positive_int, default=1800,
+                       help='several processes: seconds a collective may wait for a lost process')
 
     train = parser.add_argument_group('training')
     train.add_argument('--batch-size', type=positive_int, default=8)
-    train.add_argument('--lr', type=float, default=0.002, help='supervised learning rate')
-    train.add_argument('--weight-decay', type=float, default=5e-4)
+    train.add_argument('--lr', type=positive_number, default=0.002, help='supervised learning rate')
+    train.add_argument('--weight-decay', type=non_negative_number, default=5e-4)
     train.add_argument('--init-epochs', type=non_negative_int, default=None,
                        help='supervised epochs: state 2 (default 30, VOC full); in state 1 a supervised '
                             'warm-up before the rounds (default 0)')
     train.add_argument('--st-epochs', type=non_negative_int, nargs='+', default=[6, 6, 6, 6, 6],
                        help='epochs of each self-training round')
-    train.add_argument('--st-lr', type=float, default=0.002, help='self-training learning rate')
+    train.add_argument('--st-lr', type=positive_number, default=0.002, help='self-training learning rate')
     train.add_argument('--iters', type=positive_int, default=5, help='self-training rounds')
     train.add_argument('--round', type=positive_int, default=None,
                        help='state 1: run only round R (1-based) of the --iters schedule, as its own '
                             'process; --continue-from is then the previous round\'s checkpoint')
     train.add_argument('--init-label-ratio', type=ratio, default=0.2, help='CBC ratio of round one')
-    train.add_argument('--det-label-ratio', type=float, default=0.2, help='CBC ratio added per round')
-    train.add_argument('--gamma', type=float, default=0.0,
+    train.add_argument('--det-label-ratio', type=non_negative_number, default=0.2,
+                       help='CBC ratio added per round')
+    train.add_argument('--gamma', type=non_negative_number, default=0.0,
                        help='DST: pseudo-labeled pixels weigh p^gamma (the paper used 9 on VOC)')
     train.add_argument('--val-num-steps', type=positive_int, default=1000, help='validate every N steps')
     train.add_argument('--no-aug', action='store_true',
@@ -123,7 +151,7 @@ def build_parser():
                        help='training crop; default 321 321 (VOC), 256 512 (Cityscapes)')
     train.add_argument('--eval-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                        help='VOC evaluation padding; default 505 505')
-    train.add_argument('--seed', type=int, default=0)
+    train.add_argument('--seed', type=non_negative_int, default=0)
     train.add_argument('--save-every', type=non_negative_int, default=500,
                        help='save the last state for --resume every N steps (0: only on SIGINT/SIGTERM)')
 
@@ -135,9 +163,28 @@ def build_parser():
                          help='pseudo-label folder; default logs/<exp-name>/pseudo_labels')
     outputs.add_argument('--label-memory-mb', type=positive_int, default=4096,
                          help='state 0/1: prediction maps kept in memory before spilling to disk')
+    outputs.add_argument('--cache-dir', default=None,
+                         help='state 0/1: where maps beyond --label-memory-mb are spilled (local disk; '
+                              'VOC 1/106 needs about 10 GB at the default budget); a private folder is '
+                              'made in it and removed afterwards. Default logs/<exp-name>')
     outputs.add_argument('--results-file', default=None, help='JSON results; default logs/<exp-name>/results.json')
     outputs.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),
-                         help='data loading processes')
+                         help='data loading processes (per process under torchrun)')
+
+    evaluation = parser.add_argument_group('evaluation (state 3)')
+    evaluation.add_argument('--scales', type=positive_number, nargs='+', default=[1.0],
+                            help='average softmax probabilities over these input scales, e.g. 0.5 0.75 '
+                                 '1.0 1.25 1.5 (default: the paper\'s single scale)')
+    evaluation.add_argument('--flip', action='store_true', help='also average over horizontal flips')
+    evaluation.add_argument('--full-resolution', action='store_true',
+                            help='Cityscapes: evaluate the 1024x2048 files without the 512x1024 base resize')
+    evaluation.add_argument('--sliding-window', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
+                            help='evaluate window by window (e.g. 512 1024 with --full-resolution)')
+    evaluation.add_argument('--window-stride', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
+                            help='sliding-window stride; default 2/3 of the window')
+    evaluation.add_argument('--save-predictions', default=None, metavar='DIR',
+                            help='write each prediction at its image\'s size: color/<name>.png (palette), '
+                                 'and for Cityscapes label_ids/<name>.png for the benchmark server')
     return parser
 
 
@@ -150,54 +197,99 @@ def parse_args(argv=None):
         raise InputError('--resume needs the --exp-name of the run to continue')
     if args.exp_name is None:
         args.exp_name = time.strftime('%Y%m%d-%H%M%S')
-    if Path(args.exp_name).name != args.exp_name or args.exp_name in ('.', '..'):
-        raise InputError(f'--exp-name {args.exp_name!r} must be a plain name, not a path')
+    name = args.exp_name
+    if (not name or name.startswith('.') or Path(name).name != name
+            or any(ch.isspace() or not ch.isprintable() for ch in name)):
+        raise InputError(f'--exp-name {name!r} must be a plain, visible file name (not empty, no path, '
+                         f'no leading dot, no spaces)')
     return args
 
 
-def build_context(args, argv):
+def check_batch_split(args, world_size, device):
+    """--batch-size is the global batch: it must divide over the processes."""
+    if args.sync_bn and world_size > 1 and device.type != 'cuda':
+        raise InputError('--sync-bn needs CUDA devices (torch\'s SyncBatchNorm runs on GPUs only); '
+                         'on CPUs use plain BatchNorm or --frozen-bn')
+    if args.batch_size % world_size:
+        raise InputError(f'--batch-size {args.batch_size} is the global batch and does not divide over '
+                         f'{world_size} processes')
+
+
+def check_outputs_outside(root, experiment, args):
+    """Nothing a run writes may land inside the dataset (running from the data root would put
+    logs/ and pseudo labels there)."""
+    root = root.resolve()
+    for path in experiment.output_paths() + ([Path(args.cache_dir)] if args.cache_dir else []):
+        if Path(path).resolve().is_relative_to(root):
+            flag = '--pseudo-dir' if Path(path) == experiment.pseudo_label_dir and args.pseudo_dir else \
+                '--cache-dir' if args.cache_dir and Path(path) == Path(args.cache_dir) else 'the working folder'
+            raise InputError(f'{path} is inside the dataset root {root} (from {flag}); keep outputs out '
+                             f'of the dataset: run from another folder or choose another {flag}')
+
+
+def build_context(args, argv, runtime):
     info = dp.get_dataset_info(args.dataset)
     root = dp.resolve_root(info, args.data_root)
-    device = choose_device(args.device)
-    runtime = Runtime(device=device, amp_dtype=autocast_dtype(args.mixed_precision, device),
-                      workers=args.workers)
+    check_batch_split(args, runtime.world_size, runtime.device)
     experiment = Experiment(args.exp_name, results_file=args.results_file,
-                            pseudo_label_dir=args.pseudo_dir, save_best=args.save)
-    if args.pseudo_dir and Path(args.pseudo_dir).resolve().is_relative_to(root.resolve()):
-        raise InputError(f'--pseudo-dir {args.pseudo_dir} is inside the dataset root {root}; '
-                         'keep pseudo labels out of the dataset')
+                            pseudo_label_dir=args.pseudo_dir, save_best=args.save, is_main=runtime.is_main)
+    check_outputs_outside(root, experiment, args)
+    error = None
+    try:
+        experiment.start()
+    except RunError as failure:
+        error = failure
+    distributed.agree_on_errors(error)
     if not args.resume and args.state in (1, 2) and experiment.resume_checkpoint.exists():
         raise InputError(f'{experiment.resume_checkpoint} holds an unfinished run of {args.exp_name!r}: '
                          'add --resume to continue it, or choose another --exp-name')
-    settings = {key: value for key, value in vars(args).items()}
-    settings.update(data_root_resolved=str(root), device=str(device),
-                    precision=describe_precision(runtime.amp_dtype), versions=torch_versions(),
+    weights = experiment.resume_checkpoint if args.resume else args.continue_from
+    architecture, adopted = resolve_architecture(args, weights)
+    settings = dict(vars(args), **architecture)
+    settings.update(data_root_resolved=str(root), device=str(runtime.device), world_size=runtime.world_size,
+                    precision=describe_precision(runtime.amp_dtype, args.mixed_precision),
+                    versions=torch_versions(),
                     command=shlex.join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])))
     experiment.save_settings(settings)
     experiment.log(f'{settings["command"]}')
-    experiment.log(f'state {args.state} on {info.title} at {root}; {device}, {settings["precision"]}')
+    experiment.log(f'state {args.state} on {info.title} at {root}; {runtime.device} x {runtime.world_size} '
+                   f'process(es), {settings["precision"]}; {architecture["backbone"]}, '
+                   f'{architecture["head_branches"]}-branch head'
+                   + (f' (from the checkpoint: {", ".join(adopted)})' if adopted else ''))
     return RunContext(args=args, info=info, root=root, runtime=runtime, experiment=experiment,
-                      settings=settings)
+                      settings=settings, architecture=architecture)
+
+
+def run(args, argv):
+    device = distributed.init(choose_device(args.device), args.dist_timeout)
+    runtime = Runtime(device=device, amp_dtype=autocast_dtype(args.mixed_precision, device),
+                      workers=args.workers, rank=distributed.rank(), world_size=distributed.world_size())
+    torch.manual_seed(args.seed)
+    context = build_context(args, argv, runtime)
+    try:
+        STATES[args.state](context)
+    finally:
+        context.experiment.close()
 
 
 def main(argv=None):
+    """Run; every expected failure is one line on stderr and its own exit status."""
     try:
-        args = parse_args(argv)
-        torch.manual_seed(args.seed)
-        context = build_context(args, argv)
-        try:
-            STATES[args.state](context)
-        finally:
-            context.experiment.close()
-    except TrainingDiverged as error:
-        print(f'error: {error}', file=sys.stderr)
-        return EXIT_DIVERGED
-    except Interrupted as error:
-        print(f'stopped: {error}', file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except InputError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return EXIT_INPUT
+        run(parse_args(argv), argv)
+    except RunError as error:
+        print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print('stopped: interrupted (a second Ctrl-C stops without saving)', file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not distributed.is_distributed_error(error):
+            raise
+        print(f'error: lost contact with another process ({one_line(error)[:200]}); '
+              f'see the other processes\' messages', file=sys.stderr)
+        return PeerFailure.exit_status
+    finally:
+        distributed.shutdown()
     return 0
 
 

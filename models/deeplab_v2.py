@@ -65,6 +65,10 @@ class AtrousSumHead(nn.Module):
             # DeepLabV2's (Caffe) initialisation; PyTorch's default would start with large logits.
             nn.init.normal_(conv.weight, mean=0.0, std=0.01)
             nn.init.zeros_(conv.bias)
+        for conv in self.convs[branches:]:
+            # Kept for the checkpoint layout but never used: frozen, so that optimizers and
+            # DistributedDataParallel see only the parameters that get gradients.
+            conv.requires_grad_(False)
 
     def extra_repr(self) -> str:
         return f'branches={self.branches}'

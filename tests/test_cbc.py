@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ import data_processing
 import utils.cbc
 from models import deeplab_v2
 from utils.checkpoints import save_checkpoint
-from utils.errors import InputError
+from utils.errors import InputError, OutputError
+from utils.files import FolderLock
 from utils.synthetic import make_synthetic_voc
 from utils.training import Runtime, make_loader
 
@@ -370,9 +372,9 @@ def test_check_pseudo_labels_refuses_an_incomplete_folder(setup, tmp_path):
         utils.cbc.check_pseudo_labels(folder, '0' * 64, ratio, setup.names)
 
 
-# --- in-process labeling: full disk and the memory budget ------------------------------------
+# --- in-process labeling: full disk, the memory budget, the prediction cache -----------------
 
-def label_in_process(setup, folder, ratio, memory_budget_mb, batch_size=4):
+def label_in_process(setup, folder, ratio, memory_budget_mb, batch_size=4, threads=1, cache_root=None):
     info = data_processing.VOC
     transforms = data_processing.build_transforms(info, 'eval', eval_size=EVAL_SIZE)
     dataset = data_processing.build_dataset(info, setup.root, UNLABELED_LIST, 'unlabeled', transforms)
@@ -381,8 +383,13 @@ def label_in_process(setup, folder, ratio, memory_budget_mb, batch_size=4):
     report = utils.cbc.generate_pseudo_labels(
         setup.model, dataset, loader, ratio=ratio, pseudo_label_dir=folder,
         checkpoint_path=setup.checkpoint, checkpoint_sha256=setup.sha256, experiment_name='inproc',
-        runtime=Runtime(torch.device('cpu')), memory_budget_mb=memory_budget_mb, log=messages.append)
+        runtime=Runtime(torch.device('cpu')), memory_budget_mb=memory_budget_mb, log=messages.append,
+        cache_root=cache_root, threads=threads)
     return report, messages
+
+
+def caches(root):
+    return sorted(Path(root).glob(f'{utils.cbc.CACHE_PREFIX}*'))
 
 
 def assert_matches_reference(setup, folder, ratio):
@@ -398,14 +405,14 @@ def test_full_disk_leaves_an_incomplete_refused_folder(setup, tmp_path, monkeypa
     calls = []
 
     def save_until_disk_full(image, fp, format=None, **params):
-        calls.append(Path(fp))
+        calls.append(fp)
         if len(calls) == 4:                   # three labels fit, the fourth half-writes and fails
-            Path(fp).write_bytes(b'\x89PNG\r\n\x1a\n')
+            fp.write(b'\x89PNG\r\n\x1a\n')
             raise OSError(errno.ENOSPC, 'No space left on device')
         return original_save(image, fp, format=format, **params)
 
     monkeypatch.setattr(Image.Image, 'save', save_until_disk_full)
-    with pytest.raises(InputError) as error:
+    with pytest.raises(OutputError) as error:
         label_in_process(setup, folder, 0.2, memory_budget_mb=4096)
     monkeypatch.undo()
 
@@ -416,7 +423,7 @@ def test_full_disk_leaves_an_incomplete_refused_folder(setup, tmp_path, monkeypa
     manifest = json.loads((folder / 'pseudo_labels.json').read_text())
     assert manifest['complete'] is False
     assert not list(folder.rglob('*.tmp'))
-    assert not (folder / utils.cbc.CACHE_DIR_NAME).exists()
+    assert caches(tmp_path) == [], 'the private prediction cache is removed on failure too'
     assert not (folder / f'{setup.names[3]}.png').exists()
     with pytest.raises(InputError, match='incomplete'):
         utils.cbc.check_pseudo_labels(folder, setup.sha256, 0.2, setup.names)
@@ -428,14 +435,18 @@ def test_full_disk_leaves_an_incomplete_refused_folder(setup, tmp_path, monkeypa
     assert utils.cbc.check_pseudo_labels(folder, setup.sha256, 0.2, setup.names)['complete'] is True
 
 
+def padded(nbytes):
+    return (nbytes + 7) // 8 * 8
+
+
 def test_small_memory_budget_spills_maps_and_gives_the_same_labels(setup, tmp_path, monkeypatch):
     ratio = 0.4
     sizes = [image_size(setup.root, name) for name in setup.names]
-    budget_bytes = 5 * (sizes[0][0] * sizes[0][1] + sizes[1][0] * sizes[1][1])  # two maps fit
+    budget_bytes = padded(5 * sizes[0][0] * sizes[0][1]) + padded(5 * sizes[1][0] * sizes[1][1])  # two maps
     spilled_indices, used = [], 0
     for index, (height, width) in enumerate(sizes):  # in memory while it fits, in list order
-        if used + 5 * height * width <= budget_bytes:
-            used += 5 * height * width
+        if used + padded(5 * height * width) <= budget_bytes:
+            used += padded(5 * height * width)
         else:
             spilled_indices.append(index)
     expected_spilled = len(spilled_indices)
@@ -445,32 +456,84 @@ def test_small_memory_budget_spills_maps_and_gives_the_same_labels(setup, tmp_pa
     cache_seen = []
 
     def watching_write(label, path):
-        cache = Path(path).parent / utils.cbc.CACHE_DIR_NAME
-        cache_seen.append(sorted(p.name for p in cache.glob('*')) if cache.is_dir() else None)
+        cache_seen.append([(folder.name, sorted(p.name for p in folder.iterdir()),
+                            (folder / 'maps.bin').stat().st_size if (folder / 'maps.bin').exists() else None)
+                           for folder in caches(Path(path).parent.parent)])
         return original_write(label, path)
 
     monkeypatch.setattr(utils.cbc, 'write_png', watching_write)
 
     in_memory = tmp_path / 'in_memory'
     report_memory, messages_memory = label_in_process(setup, in_memory, ratio, memory_budget_mb=4096)
-    assert cache_seen and all(seen is None for seen in cache_seen)
+    # While labels are written, the process's own cache exists (its lock) but holds no spill file.
+    assert cache_seen and all(len(seen) == 1 and seen[0][2] is None for seen in cache_seen)
     assert not any('went to disk' in message for message in messages_memory)
 
     cache_seen.clear()
     spilled = tmp_path / 'spilled'
     report_spill, messages_spill = label_in_process(setup, spilled, ratio,
                                                     memory_budget_mb=budget_bytes / 2 ** 20)
-    # At the first write every spilled map is still on disk (the first map came from memory).
-    assert cache_seen[0] == sorted(f'{index}.pt' for index in spilled_indices)
+    # Every spilled map went into one file of 5 bytes a pixel.
+    expected_file = sum(5 * sizes[index][0] * sizes[index][1] for index in spilled_indices)
+    (name, files, size), = cache_seen[0]
+    assert name == f'{utils.cbc.CACHE_PREFIX}{socket.gethostname()}-{os.getpid()}'
+    assert files == ['lock', 'maps.bin'] and size == expected_file
     assert any(re.search(rf'\b{expected_spilled} of {len(sizes)} prediction maps went to disk', message)
                for message in messages_spill), messages_spill
-    assert not (spilled / utils.cbc.CACHE_DIR_NAME).exists()
+    assert caches(tmp_path) == []
     assert sorted(p.name for p in spilled.iterdir()) == sorted(p.name for p in in_memory.iterdir())
 
     assert report_spill['thresholds'] == report_memory['thresholds']
     for name in setup.names:
         assert np.array_equal(read_png(spilled / f'{name}.png'), read_png(in_memory / f'{name}.png')), name
     assert_matches_reference(setup, spilled, ratio)
+
+
+def test_parallel_writers_give_the_same_labels(setup, tmp_path):
+    one, _ = label_in_process(setup, tmp_path / 'one', 0.4, memory_budget_mb=4096, threads=1)
+    three, _ = label_in_process(setup, tmp_path / 'three', 0.4, memory_budget_mb=0.05, threads=3)
+    assert one['thresholds'] == three['thresholds'] and one['labeled_share'] == three['labeled_share']
+    assert one['pseudo_label_miou'] == three['pseudo_label_miou']
+    assert_matches_reference(setup, tmp_path / 'three', 0.4)
+
+
+def test_stale_caches_are_removed_and_live_ones_kept(setup, tmp_path):
+    """A killed run leaves its cache; the next labeling under the same root removes it, but never
+    the cache of a run still alive (it holds the cache's lock)."""
+    root = tmp_path / 'cache-root'
+    stale = root / f'{utils.cbc.CACHE_PREFIX}otherhost-12345'
+    live = root / f'{utils.cbc.CACHE_PREFIX}otherhost-67890'
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / 'maps.bin').write_bytes(b'x' * 100)
+        (folder / 'lock').write_text('pid 1 on otherhost\n')
+    holder = FolderLock(live / 'lock').acquire('a live run')
+    try:
+        _, messages = label_in_process(setup, tmp_path / 'labels', 0.2, memory_budget_mb=4096, cache_root=root)
+        assert not stale.exists() and live.exists()
+        assert any(str(stale) in message and 'killed run' in message for message in messages)
+        assert caches(root) == [live]
+    finally:
+        holder.release()
+
+
+def test_a_bad_ground_truth_only_leaves_the_diagnostic_score(setup, tmp_path):
+    """The pseudo-label mIoU is diagnostic: an unreadable ground-truth label of an unlabeled image
+    is left out of it, and labeling still finishes."""
+    root = tmp_path / 'voc'
+    shutil.copytree(setup.root, root)
+    broken = root / 'SegmentationClassAug' / f'{setup.names[2]}.png'
+    broken.write_bytes(b'not a png')
+    original_root = setup.root
+    setup.root = root
+    try:
+        report, messages = label_in_process(setup, tmp_path / 'labels', 0.2, memory_budget_mb=4096)
+    finally:
+        setup.root = original_root
+    assert report['complete'] is True and report['ground_truth_skipped'] == 1
+    assert report['pseudo_label_miou'] is not None
+    assert any(str(broken) in message and 'left out' in message for message in messages)
+    assert_matches_reference(setup, tmp_path / 'labels', 0.2)
 
 
 def test_full_disk_at_the_final_manifest(setup, tmp_path, monkeypatch):
@@ -498,5 +561,5 @@ def test_full_disk_at_the_final_manifest(setup, tmp_path, monkeypatch):
         utils.cbc.check_pseudo_labels(folder, setup.sha256, 0.2, setup.names)
     # No temporary file left, and one line saying the disk is full.
     assert not list(folder.rglob('*.tmp')), sorted(p.name for p in folder.rglob('*.tmp'))
-    assert isinstance(error.value, InputError), repr(error.value)
+    assert isinstance(error.value, OutputError), repr(error.value)
     assert 'disk full' in str(error.value) and '\n' not in str(error.value)

@@ -8,7 +8,7 @@ import torch
 
 from models import deeplab_v2
 from utils.checkpoints import load_checkpoint, load_model_state, save_checkpoint
-from utils.errors import InputError
+from utils.errors import InputError, OutputError, TrainingDiverged
 
 
 def tiny(num_classes=5, seed=0):
@@ -231,9 +231,10 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(torch, 'save', save_half_then_fail)
-    with pytest.raises(OSError, match='No space'):
+    with pytest.raises(OutputError) as error:
         save_checkpoint(path, tiny(seed=1), step=2, num_classes=5)
     monkeypatch.undo()
+    assert str(error.value) == f'{path}: cannot write checkpoint (disk full)'
 
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pt']
@@ -241,6 +242,19 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     assert checkpoint['step'] == 1
     for key, value in first.state_dict().items():
         assert torch.equal(checkpoint['model'][key], value)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    path = tmp_path / 'best.pt'
+    save_checkpoint(path, tiny(seed=0), step=1, num_classes=5)
+    before = path.read_bytes()
+    broken = tiny(seed=1)
+    with torch.no_grad():
+        next(broken.parameters())[0].fill_(float('nan'))
+    with pytest.raises(TrainingDiverged, match='NaN or infinite'):
+        save_checkpoint(path, broken, step=2, num_classes=5)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pt']
 
 
 def test_unloadable_extra_is_refused_at_save_time(tmp_path):

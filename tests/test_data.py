@@ -94,24 +94,70 @@ def test_real_photographs_stay_aligned_through_every_chain(voc14_root, title, in
 def test_train_chain_sizes_and_label_values(voc14_root):
     chain = dp.build_transforms(dp.VOC, 'train')
     dataset = dp.build_dataset(dp.VOC, voc14_root, 'train', 'gt', transforms=chain)
-    torch.manual_seed(0)
-    image, label = dataset[0]
-    assert image.shape == (3, 321, 321) and label.shape == (321, 321)
-    assert label.dtype == torch.int64
+    item = dataset[(0, 123)]
+    image, label = item['image'], item['label']
+    assert image.shape == (3, 321, 321) and image.dtype == torch.float32 and image.is_contiguous()
+    assert label.shape == (321, 321) and label.dtype == torch.uint8
     values = set(label.unique().tolist())
     assert values <= set(range(21)) | {255}
+    again = dataset[(0, 123)]
+    assert torch.equal(again['image'], image) and torch.equal(again['label'], label), \
+        'a sample seed fixes the augmentation'
+    other = dataset[(0, 124)]
+    assert not torch.equal(other['image'], image)
 
 
 def test_random_scale_uses_one_factor_for_both_sides():
-    torch.manual_seed(3)
-    transform = T.RandomScale(0.5, 1.5)
-    image = torch.zeros(3, 200, 300)
-    for _ in range(20):
-        out, _ = transform(image, None)
-        height, width = out.shape[-2:]
+    transform = T.ScaleCropFlip((1, 1), 0.5, 1.5)
+    for seed in range(20):
+        (height, width), _, _, _ = transform.draw(200, 300, torch.Generator().manual_seed(seed))
         # int(f*200) and int(f*300) for the same f: height/200 and width/300 agree within 1/200.
         assert abs(height / 200 - width / 300) < 1 / 200 + 1e-9
         assert 100 <= height <= 300
+
+
+def test_scale_crop_flip_equals_resize_then_pad_crop_flip():
+    """The one-step chain against the spec's steps written out with torch.nn.functional: the full
+    bilinear / nearest-exact resize to (int(f*h), int(f*w)), padding, crop, flip, with the same
+    draws (labels identical, images within float rounding)."""
+    import torch.nn.functional as F
+    transform = T.ScaleCropFlip((40, 50))
+    source = torch.rand(3, 37, 61) * 255
+    label = torch.randint(0, 21, (37, 61), dtype=torch.uint8)
+    flips = set()
+    for seed in range(40):
+        (scaled_h, scaled_w), top, left, flip = transform.draw(37, 61, torch.Generator().manual_seed(seed))
+        flips.add(flip)
+        image_out, label_out = transform(source, label, torch.Generator().manual_seed(seed))
+        full = F.interpolate(source[None], size=(scaled_h, scaled_w), mode='bilinear', align_corners=False)[0]
+        full_label = F.interpolate(label[None, None].float(), size=(scaled_h, scaled_w),
+                                   mode='nearest-exact')[0, 0].to(torch.uint8)
+        pad_h, pad_w = max(40 - scaled_h, 0), max(50 - scaled_w, 0)
+        full = F.pad(full, (0, pad_w, 0, pad_h), value=0.0)
+        full_label = F.pad(full_label, (0, pad_w, 0, pad_h), value=255)
+        expected = full[:, top:top + 40, left:left + 50]
+        expected_label = full_label[top:top + 40, left:left + 50]
+        if flip:
+            expected, expected_label = expected.flip(-1), expected_label.flip(-1)
+        assert torch.equal(label_out, expected_label), seed
+        assert torch.allclose(image_out, expected, atol=0.02), seed
+    assert flips == {True, False}
+
+
+def test_uint8_path_matches_the_float_path_on_real_photographs(voc14_root):
+    """Decoded images stay uint8 and take torch's uint8 resize; the float reference path (used for
+    coordinate images above) gives the same geometry: labels identical, images within rounding."""
+    dataset = dp.build_dataset(dp.VOC, voc14_root, 'train', 'gt', transforms=None)
+    transform = T.ScaleCropFlip((321, 321))
+    for index in range(4):
+        image, label = dataset.load_pair(index)
+        assert image.dtype == torch.uint8 and label.dtype == torch.uint8
+        for seed in range(10):
+            fast_image, fast_label = transform(image, label, torch.Generator().manual_seed(seed))
+            ref_image, ref_label = transform(image.float(), label, torch.Generator().manual_seed(seed))
+            assert fast_image.dtype == torch.uint8
+            assert torch.equal(fast_label, ref_label)
+            assert (fast_image.float() - ref_image).abs().max() <= 1.01
 
 
 def test_normalisation_constants():
@@ -127,10 +173,12 @@ def test_normalisation_constants():
 def test_unlabeled_mode_returns_own_size(voc14_root):
     chain = dp.build_transforms(dp.VOC, 'eval')
     dataset = dp.build_dataset(dp.VOC, voc14_root, 'val', 'unlabeled', transforms=chain)
-    image, index, own_size = dataset[1]
+    item = dataset[1]
+    assert 'label' not in item
     with Image.open(dataset.image_path(1)) as original:
-        assert tuple(own_size.tolist()) == (original.height, original.width)
-    assert index == 1 and image.shape == (3, 505, 505)
+        assert tuple(item['own_size'].tolist()) == (original.height, original.width)
+        assert tuple(item['file_size'].tolist()) == (original.height, original.width)
+    assert item['index'] == 1 and item['image'].shape == (3, 505, 505)
 
 
 def test_voc_palette_known_colours():
@@ -157,9 +205,9 @@ def test_cityscapes_raw_ids_map_to_train_ids(tmp_path):
     for list_name in ('train', 'val'):
         dataset = dp.build_dataset(dp.CITYSCAPES, tmp_path, list_name, 'gt',
                                    dp.build_transforms(dp.CITYSCAPES, 'eval'))
-        image, label = dataset[0]
-        assert image.shape == (3, 512, 1024)
-        assert np.array_equal(label.numpy(), expected)
+        item = dataset[0]
+        assert item['image'].shape == (3, 512, 1024) and item['label'].dtype == torch.uint8
+        assert np.array_equal(item['label'].numpy(), expected)
 
 
 def test_cityscapes_base_resize_from_full_resolution(tmp_path):
@@ -169,9 +217,16 @@ def test_cityscapes_base_resize_from_full_resolution(tmp_path):
     write_list(tmp_path / 'data_lists' / 'train.txt', ['ulm/ulm_000000_000019'])
     dataset = dp.build_dataset(dp.CITYSCAPES, tmp_path, 'train', 'gt',
                                dp.build_transforms(dp.CITYSCAPES, 'eval'))
-    image, label = dataset[0]
-    assert image.shape == (3, 512, 1024) and label.shape == (512, 1024)
+    item = dataset[0]
+    label = item['label']
+    assert item['image'].shape == (3, 512, 1024) and label.shape == (512, 1024)
+    assert tuple(item['own_size'].tolist()) == (512, 1024) and tuple(item['file_size'].tolist()) == (1024, 2048)
     assert (label[:, :512] == 0).all() and (label[:, 512:] == 13).all()
+    # Evaluated at full resolution (--full-resolution) the same file keeps its size.
+    full = dp.build_dataset(dp.full_resolution(dp.CITYSCAPES), tmp_path, 'train', 'gt',
+                            dp.build_transforms(dp.full_resolution(dp.CITYSCAPES), 'eval'))[0]
+    assert full['image'].shape == (3, 1024, 2048) and full['label'].shape == (1024, 2048)
+    assert tuple(full['own_size'].tolist()) == (1024, 2048)
 
 
 def test_splits_read_from_data_splits_unless_the_dataset_has_its_own(voc14_root, tmp_path):

@@ -1,18 +1,36 @@
-"""Pseudo-labeling with class-balanced thresholds (CBC, spec section 7) in one forward pass.
+"""Pseudo-labeling with class-balanced thresholds (CBC, spec section 7) in one forward pass, at the
+paper's scale (10,476 VOC maps of about 375x500, or 2,876 Cityscapes maps of 512x1024, a round)
+within a memory budget, on one process or several.
 
 The original ran the network twice over the unlabeled set, once to gather confidences for the
 thresholds and once to write labels. Here one pass keeps, per image, the max probability and its
-class at the image's own size (in memory up to a budget, then on disk), plus every 16th pixel for
-the thresholds; the labels are then written from what was kept.
+class at the image's own size, and every 16th pixel for the thresholds; the labels are then
+written from what was kept.
+
+Memory. Nothing per image outlives the image in RAM except inside two fixed structures:
+- `SampleBuffer` copies the sampled pixels into fixed-size chunks (no view of a map survives);
+- `PredictionStore` copies each map into an arena of large blocks, up to --label-memory-mb, and
+  appends the rest to one spill file in a private cache folder (--cache-dir, local disk).
+So the process holds the budget, the samples and a constant, whatever the number of images.
+
+Thresholds. The rule (the value at position [-int(count x r) - 1] of each class's ascending
+confidences) is computed exactly without sorting: probabilities are non-negative float32, whose
+bit patterns order like the values, so two histogram passes over the 16 high and the 16 low bits
+find the value at any position. Histograms add up across processes, so several processes get the
+thresholds of one process by summing them (no gathering of samples).
 
 Each label folder carries `pseudo_labels.json`, which says which checkpoint (by SHA-256) and
 ratio made it and whether it is complete. It is written "incomplete" before the first label and
-"complete" after the last, so a stale or half-written folder is refused, never trained on.
+"complete" after the last, once every label is on disk (fsynced), so a stale or half-written
+folder is refused, never trained on.
 """
 import hashlib
 import json
+import os
 import shutil
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,119 +39,380 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_processing import IGNORE_INDEX, pseudo_label_path
-from utils.context import finish, scores_summary
-from utils.errors import InputError
+from utils import distributed
+from utils.errors import InputError, RunError
 from utils.experiment import write_json
-from utils.files import atomic_path, write_failure
+from utils.files import FolderLock, atomic_path, fsync_path, guarded_write
+from utils.inference import upsample
 from utils.metrics import ConfusionMatrix
-from utils.training import upsample
 from utils.transforms import resize_label
 
 SAMPLE_STRIDE = 16           # thresholds come from every 16th pixel of each flattened map
 EMPTY_CLASS_THRESHOLD = 1e-5
 MANIFEST_NAME = 'pseudo_labels.json'
-CACHE_DIR_NAME = '.prediction-cache'
+CACHE_PREFIX = 'dstcbc-prediction-cache-'
+BYTES_PER_PIXEL = 5          # float32 max probability + uint8 class
+HALF_BITS = 16
 
 
-def class_thresholds(sample_probs, sample_classes, num_classes, ratio):
+# --- the sampled pixels and the exact thresholds ---------------------------------------------
+
+class SampleBuffer:
+    """Sampled (probability, class) pairs in fixed-size chunks: probabilities as their float32
+    bit patterns (uint32), classes as uint8. `add` copies, so nothing here refers to a map."""
+
+    def __init__(self, chunk_size=1 << 20):
+        self.chunk_size = chunk_size
+        self.bits = []
+        self.classes = []
+        self.filled = 0   # entries used in the last chunk
+        self.count = 0
+
+    def add(self, probabilities, classes):
+        """Append 1-D float32 probabilities (any strides) and their classes."""
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        classes = np.asarray(classes, dtype=np.uint8)
+        start = 0
+        while start < len(probabilities):
+            if not self.bits or self.filled == self.chunk_size:
+                self.bits.append(np.empty(self.chunk_size, dtype=np.uint32))
+                self.classes.append(np.empty(self.chunk_size, dtype=np.uint8))
+                self.filled = 0
+            take = min(self.chunk_size - self.filled, len(probabilities) - start)
+            self.bits[-1][self.filled:self.filled + take] = probabilities[start:start + take].view(np.uint32)
+            self.classes[-1][self.filled:self.filled + take] = classes[start:start + take]
+            self.filled += take
+            self.count += take
+            start += take
+
+    def chunks(self):
+        """(bits, classes) of every chunk, the last one cut to what is filled."""
+        for number, (bits, classes) in enumerate(zip(self.bits, self.classes)):
+            used = self.filled if number == len(self.bits) - 1 else self.chunk_size
+            yield bits[:used], classes[:used]
+
+    @property
+    def nbytes(self):
+        return sum(b.nbytes + c.nbytes for b, c in zip(self.bits, self.classes))
+
+
+def class_histograms(buffer, num_classes, select=None):
+    """Per class, a histogram of the high 16 bits of its probabilities; with `select` (a bucket
+    per class, -1 for none), of the low 16 bits of those in that class's bucket. Summed over all
+    processes."""
+    bins = 1 << HALF_BITS
+    total = np.zeros(num_classes * bins, dtype=np.int64)
+    for bits, classes in buffer.chunks():
+        high = bits >> HALF_BITS
+        if select is None:
+            keys = classes.astype(np.int64) * bins + high
+        else:
+            chosen = high == select[classes]
+            keys = classes[chosen].astype(np.int64) * bins + (bits[chosen] & (bins - 1))
+        total += np.bincount(keys, minlength=num_classes * bins)[:num_classes * bins]
+    return distributed.sum_array(total).reshape(num_classes, bins)
+
+
+def exact_thresholds(buffer, num_classes, ratio):
     """Per class c, the confidence above which a pixel predicted c keeps its label.
 
     From the ascending max probabilities of the sampled pixels predicted c (count of them):
     ratio >= 1 -> the smallest; count * ratio < 1 -> 1e-5; else the value at position
     [-int(count * ratio) - 1], so about the top `ratio` share of each class survives.
     """
-    thresholds = []
-    for class_index in range(num_classes):
-        values = torch.sort(sample_probs[sample_classes == class_index]).values
-        count = values.numel()
+    high_histograms = class_histograms(buffer, num_classes)
+    counts = high_histograms.sum(axis=1)
+    positions = []
+    for count in counts.tolist():
         if ratio >= 1 and count > 0:
-            threshold = values[0].item()
+            positions.append(0)
         elif count * ratio < 1:
-            threshold = EMPTY_CLASS_THRESHOLD
+            positions.append(None)
         else:
-            threshold = values[-int(count * ratio) - 1].item()
-        thresholds.append(threshold)
+            positions.append(count - int(count * ratio) - 1)
+    select = np.full(256, -1, dtype=np.int64)   # indexed by class (uint8)
+    remaining = [None] * num_classes
+    for class_index, position in enumerate(positions):
+        if position is not None:
+            cumulative = np.cumsum(high_histograms[class_index])
+            bucket = int(np.searchsorted(cumulative, position, side='right'))
+            select[class_index] = bucket
+            remaining[class_index] = position - (int(cumulative[bucket - 1]) if bucket else 0)
+    low_histograms = class_histograms(buffer, num_classes, select=select)
+    thresholds = []
+    for class_index, position in enumerate(positions):
+        if position is None:
+            thresholds.append(EMPTY_CLASS_THRESHOLD)
+            continue
+        cumulative = np.cumsum(low_histograms[class_index])
+        low = int(np.searchsorted(cumulative, remaining[class_index], side='right'))
+        bits = np.array([(int(select[class_index]) << HALF_BITS) | low], dtype=np.uint32)
+        thresholds.append(float(bits.view(np.float32)[0]))
     return thresholds
 
 
-def apply_thresholds(max_prob, predicted, thresholds):
-    """Keep the predicted class where its probability reaches the class threshold, else 255."""
-    limits = torch.tensor(thresholds, dtype=max_prob.dtype)[predicted.long()]
-    return torch.where(max_prob >= limits, predicted.long(), torch.full_like(predicted, IGNORE_INDEX, dtype=torch.long))
+def class_thresholds(sample_probs, sample_classes, num_classes, ratio):
+    """The thresholds of `exact_thresholds` from two 1-D arrays (tensors or numpy)."""
+    buffer = SampleBuffer()
+    buffer.add(np.asarray(sample_probs, dtype=np.float32).reshape(-1),
+               np.asarray(sample_classes).reshape(-1).astype(np.uint8))
+    return exact_thresholds(buffer, num_classes, ratio)
 
+
+def apply_thresholds(max_prob, predicted, thresholds):
+    """Keep the predicted class where its probability reaches the class threshold, else 255.
+    numpy or torch in, uint8 numpy out."""
+    max_prob = np.asarray(max_prob, dtype=np.float32)
+    predicted = np.asarray(predicted).astype(np.intp)
+    limits = np.asarray(thresholds, dtype=np.float32)[predicted]
+    return np.where(max_prob >= limits, predicted, IGNORE_INDEX).astype(np.uint8)
+
+
+# --- the prediction maps between the pass and the writing -------------------------------------
 
 class PredictionStore:
     """Max probability (float32) and class (uint8) per image, between the pass and the writing.
 
-    Kept in memory up to `budget_bytes` (5 bytes a pixel), then spilled to `spill_dir`.
+    Maps are copied into an arena of blocks of at most `block_bytes`, allocated as needed up to
+    `budget_bytes` (5 bytes a pixel), then appended to one spill file in `spill_dir`. Blocks are
+    large and live until `close`, so the heap never fragments around thousands of small maps, and
+    a spilled map leaves RAM as soon as it is written.
     """
 
-    def __init__(self, budget_bytes, spill_dir):
-        self.budget_bytes = budget_bytes
+    def __init__(self, budget_bytes, spill_dir, block_bytes=64 << 20):
+        self.budget_bytes = int(budget_bytes)
+        self.block_bytes = block_bytes
         self.spill_dir = Path(spill_dir)
-        self.in_memory = {}
-        self.used_bytes = 0
+        self.blocks = []
+        self.block_used = 0
+        self.reserved = 0
+        self.entries = {}
+        self.spill_file = None
+        self.spill_size = 0
         self.spilled = 0
 
+    def _arena_slot(self, nbytes):
+        if self.blocks and self.block_used + nbytes <= len(self.blocks[-1]):
+            block = len(self.blocks) - 1
+        else:
+            size = max(min(self.block_bytes, self.budget_bytes - self.reserved), nbytes)
+            if self.reserved + size > self.budget_bytes:
+                return None
+            self.blocks.append(np.empty(size, dtype=np.uint8))
+            self.reserved += size
+            self.block_used, block = 0, len(self.blocks) - 1
+        offset = self.block_used
+        self.block_used += (nbytes + 7) // 8 * 8
+        return block, offset
+
     def put(self, key, max_prob, predicted):
-        size = max_prob.numel() * 5
-        if self.used_bytes + size <= self.budget_bytes:
-            self.in_memory[key] = (max_prob, predicted)
-            self.used_bytes += size
+        """Copy one map in (torch tensors on any device, or numpy arrays)."""
+        height, width = max_prob.shape
+        pixels = height * width
+        slot = self._arena_slot(pixels * BYTES_PER_PIXEL)
+        if slot is not None:
+            block, offset = slot
+            memory = self.blocks[block][offset:offset + pixels * BYTES_PER_PIXEL]
+            copy_into(memory[:pixels * 4].view(np.float32).reshape(height, width), max_prob)
+            copy_into(memory[pixels * 4:].reshape(height, width), predicted)
+            self.entries[key] = ('memory', block, offset, height, width)
             return
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({'max_prob': max_prob, 'predicted': predicted}, self.spill_dir / f'{key}.pt')
+        if self.spill_file is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            self.spill_file = open(self.spill_dir / 'maps.bin', 'w+b')
+        with guarded_write(self.spill_dir / 'maps.bin', 'prediction cache'):
+            self.spill_file.write(as_numpy(max_prob, np.float32).tobytes())
+            self.spill_file.write(as_numpy(predicted, np.uint8).tobytes())
+        self.entries[key] = ('disk', None, self.spill_size, height, width)
+        self.spill_size += pixels * BYTES_PER_PIXEL
         self.spilled += 1
 
-    def pop(self, key):
-        if key in self.in_memory:
-            max_prob, predicted = self.in_memory.pop(key)
-            self.used_bytes -= max_prob.numel() * 5
-            return max_prob, predicted
-        path = self.spill_dir / f'{key}.pt'
-        stored = torch.load(path, weights_only=True)
-        path.unlink()
-        return stored['max_prob'], stored['predicted']
+    def get(self, key):
+        """(max_prob float32 [h, w], classes uint8 [h, w]); safe from several threads."""
+        where, block, offset, height, width = self.entries[key]
+        pixels = height * width
+        if where == 'memory':
+            memory = self.blocks[block][offset:offset + pixels * BYTES_PER_PIXEL]
+        else:
+            memory = np.frombuffer(os.pread(self.spill_file.fileno(), pixels * BYTES_PER_PIXEL, offset),
+                                   dtype=np.uint8)
+        return (memory[:pixels * 4].view(np.float32).reshape(height, width),
+                memory[pixels * 4:].reshape(height, width))
 
-    def clear(self):
-        self.in_memory.clear()
-        self.used_bytes = 0
-        shutil.rmtree(self.spill_dir, ignore_errors=True)
+    def finish_writing(self):
+        if self.spill_file is not None:
+            self.spill_file.flush()
 
+    @property
+    def memory_bytes(self):
+        return self.reserved
+
+    def close(self):
+        self.blocks.clear()
+        self.entries.clear()
+        if self.spill_file is not None:
+            self.spill_file.close()
+            self.spill_file = None
+
+
+def as_numpy(value, dtype):
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def copy_into(target, value):
+    """Copy a tensor (any device) or array into a numpy view without a temporary host copy."""
+    if isinstance(value, torch.Tensor):
+        torch.from_numpy(target).copy_(value)
+    else:
+        target[...] = value
+
+
+class PredictionCache:
+    """The folder where this process spills maps: `<root>/dstcbc-prediction-cache-<host>-<pid>`,
+    private to the process (it holds a lock on it while it lives) and removed at the end. Caches
+    of killed runs (no live holder) under the same root are removed when a new one starts."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.path = self.root / f'{CACHE_PREFIX}{socket.gethostname()}-{os.getpid()}'
+        self.lock = FolderLock(self.path / 'lock')
+        self.removed = []
+
+    def __enter__(self):
+        self.remove_stale()
+        self.lock.acquire(f'prediction cache {self.path}')
+        return self
+
+    def remove_stale(self):
+        if not self.root.is_dir():
+            return
+        for folder in self.root.glob(f'{CACHE_PREFIX}*'):
+            if folder == self.path or not folder.is_dir():
+                continue
+            probe = FolderLock(folder / 'lock')
+            try:
+                probe.acquire('stale prediction cache')
+            except (InputError, RunError):
+                continue   # a live run's cache
+            probe.release()
+            shutil.rmtree(folder, ignore_errors=True)
+            self.removed.append(folder)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+# --- the pass ----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_unlabeled(model, loader, runtime, store):
-    """The one forward pass: fill `store`, return the sampled (probabilities, classes).
-
-    Logits are upsampled to the padded evaluation size, cut back to the image's own size, then
-    softmaxed (the original upsampled to the 321 crop size: misaligned labels, spec section 13).
-    """
+def predict_unlabeled(model, loader, runtime, store, samples):
+    """The one forward pass over this rank's share: each map into `store`, every 16th pixel into
+    `samples`. Logits are upsampled to the padded evaluation size, cut back to the image's own
+    size, then softmaxed (the original upsampled to the 321 crop size: misaligned labels, spec
+    section 13). A data error is agreed with the other ranks after the pass."""
     model.eval()
-    sampled_probs, sampled_classes = [], []
-    for images, indices, own_sizes in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True, disable=None):
-        images = images.to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(images)['out']
-        logits = upsample(logits.float(), images.shape[-2:])
-        for logit, index, (height, width) in zip(logits, indices.tolist(), own_sizes.tolist()):
-            probs = torch.softmax(logit[:, :height, :width], dim=0)
-            max_prob, predicted = probs.max(dim=0)
-            max_prob, predicted = max_prob.cpu(), predicted.to(torch.uint8).cpu()
-            sampled_probs.append(max_prob.flatten()[::SAMPLE_STRIDE])
-            sampled_classes.append(predicted.flatten()[::SAMPLE_STRIDE])
-            store.put(index, max_prob, predicted)
-    return torch.cat(sampled_probs), torch.cat(sampled_classes)
+    error = None
+    try:
+        for batch in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True,
+                          disable=None if runtime.is_main else True):
+            images = batch['image'].to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits = model(images)['out']
+            logits = upsample(logits.float(), images.shape[-2:])
+            for logit, index, (height, width) in zip(logits, batch['index'].tolist(),
+                                                     batch['own_size'].tolist()):
+                probs = torch.softmax(logit[:, :height, :width], dim=0)
+                max_prob, predicted = probs.max(dim=0)
+                predicted = predicted.to(torch.uint8)
+                sampled_prob = max_prob.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy()
+                if not np.isfinite(sampled_prob).all() or not bool(torch.isfinite(max_prob).all()):
+                    raise InputError(f'the checkpoint predicts NaN or infinite probabilities for '
+                                     f'{loader.dataset.image_path(index)}: a diverged network?')
+                samples.add(sampled_prob, predicted.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy())
+                store.put(index, max_prob, predicted)
+    except RunError as failure:
+        error = failure
+    distributed.agree_on_errors(error)
+    store.finish_writing()
 
+
+# --- writing -----------------------------------------------------------------------------------
 
 def write_png(label, path):
-    """A uint8 PNG, written atomically."""
-    try:
-        with atomic_path(path) as temporary:
-            Image.fromarray(label.numpy().astype(np.uint8), mode='L').save(temporary, format='PNG')
-    except OSError as error:
-        raise InputError(f'{path}: cannot write pseudo label ({write_failure(error)}); the folder is '
-                         f'marked incomplete and will not be trained on') from None
+    """A uint8 PNG, written atomically and fsynced (the manifest says complete only once every
+    label is on disk)."""
+    with guarded_write(path, 'pseudo label'), atomic_path(path) as temporary:
+        with open(temporary, 'wb') as file:
+            Image.fromarray(np.asarray(label, dtype=np.uint8), mode='L').save(file, format='PNG')
+            file.flush()
+            os.fsync(file.fileno())
 
+
+def label_quality(dataset, index, label, num_classes):
+    """Counts of (ground truth, kept label) for one image, or the reason its ground truth could
+    not be used (the score is diagnostic only, so a bad ground truth never stops labeling)."""
+    try:
+        truth = dataset.load_ground_truth(index)
+    except InputError as error:
+        return None, str(error)
+    truth = resize_label(truth, label.shape).numpy().astype(np.int64)
+    kept = label != IGNORE_INDEX
+    cells = truth[kept] * num_classes + label[kept].astype(np.int64)
+    valid = truth[kept] < num_classes
+    counts = np.bincount(cells[valid], minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes), None
+
+
+def write_one(store, dataset, folder, index, thresholds, with_quality):
+    max_prob, predicted = store.get(index)
+    label = apply_thresholds(max_prob, predicted, thresholds)
+    write_png(label, pseudo_label_path(folder, dataset.names[index]))
+    quality = label_quality(dataset, index, label, dataset.info.num_classes) if with_quality else (None, None)
+    return int((label != IGNORE_INDEX).sum()), label.size, quality
+
+
+def write_labels(store, dataset, folder, indices, thresholds, with_quality, threads):
+    """Write this rank's labels with `threads` threads (PNG encoding and fsync run outside the
+    GIL); returns labeled pixels, total pixels, the quality matrix and the unusable ground truths."""
+    num_classes = dataset.info.num_classes
+    labeled = total = 0
+    quality = np.zeros((num_classes, num_classes), dtype=np.int64)
+    bad_truths = []
+    first_error = None
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        pending = {}
+        progress = tqdm(total=len(indices), desc='pseudo-labeling: write', dynamic_ncols=True, disable=None)
+        for position, index in enumerate(indices):
+            pending[index] = pool.submit(write_one, store, dataset, folder, index, thresholds, with_quality)
+            # Keep a bounded window in flight, collected in order (the first error is reported).
+            if len(pending) >= 4 * max(threads, 1) or position == len(indices) - 1:
+                for done_index in list(pending):
+                    try:
+                        kept, pixels, (counts, bad_truth) = pending.pop(done_index).result()
+                    except RunError as error:
+                        first_error = first_error or error
+                        continue
+                    labeled += kept
+                    total += pixels
+                    if counts is not None:
+                        quality += counts
+                    if bad_truth is not None:
+                        bad_truths.append(bad_truth)
+                    progress.update(1)
+                if first_error is not None:
+                    for future in pending.values():
+                        future.cancel()
+                    break
+        progress.close()
+    if first_error is not None:
+        raise first_error
+    return labeled, total, quality, bad_truths
+
+
+# --- the manifest ------------------------------------------------------------------------------
 
 def file_sha256(path):
     digest = hashlib.sha256()
@@ -183,11 +462,12 @@ def check_pseudo_labels(pseudo_label_dir, checkpoint_sha256, ratio, names):
 
 
 def claim_folder(pseudo_label_dir, experiment_name):
-    """May this experiment (re)write labels here? Only into its own or an empty folder."""
+    """May this experiment (re)write labels here? Only into its own or an empty folder. Called
+    before any work, so another experiment's folder is refused at once."""
     folder = Path(pseudo_label_dir)
     manifest = read_manifest(folder)
     if manifest is None:
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder.is_dir() and any(path.name != 'lock' for path in folder.iterdir()):
             raise InputError(f'{folder}: folder is not empty and holds no {MANIFEST_NAME}; '
                              f'choose an empty --pseudo-dir')
         return
@@ -198,84 +478,105 @@ def claim_folder(pseudo_label_dir, experiment_name):
                          f'choose another --pseudo-dir')
 
 
-def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, checkpoint_path,
-                           checkpoint_sha256, experiment_name, runtime, memory_budget_mb, log):
-    """Label every image of `dataset` (mode 'unlabeled') and return the report of spec section 7.
+def claim_folder_once(pseudo_label_dir, experiment_name):
+    """`claim_folder` by the main process only (the others would race with its writes), agreed by
+    all processes."""
+    error = None
+    if distributed.is_main():
+        try:
+            claim_folder(pseudo_label_dir, experiment_name)
+        except RunError as failure:
+            error = failure
+    distributed.agree_on_errors(error)
 
-    Reuses a complete folder made from the same checkpoint, ratio and list.
-    """
+
+def write_manifest(folder, manifest):
+    """Rank 0 writes; every rank learns whether it worked."""
+    error = None
+    if distributed.is_main():
+        try:
+            write_json(Path(folder) / MANIFEST_NAME, manifest)
+        except RunError as failure:
+            error = failure
+    distributed.agree_on_errors(error)
+
+
+# --- one labeling ------------------------------------------------------------------------------
+
+def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, checkpoint_path,
+                           checkpoint_sha256, experiment_name, runtime, memory_budget_mb, log,
+                           cache_root=None, threads=2):
+    """Label every image of `dataset` (mode 'unlabeled', this rank's share in `loader`) and return
+    the report of spec section 7. Reuses a complete folder made from the same checkpoint, ratio
+    and list. `cache_root` is where the private spill folder goes (default: the label folder's
+    parent)."""
     folder = Path(pseudo_label_dir)
     names = dataset.names
-    existing = read_manifest(folder)
-    if matches(existing, checkpoint_sha256, ratio, names):
+    existing = read_manifest(folder) if distributed.is_main() else None
+    existing = distributed.broadcast_object(existing if matches(existing, checkpoint_sha256, ratio, names) else None)
+    if existing is not None:
         log(f'pseudo labels in {folder} already match this checkpoint and ratio {ratio:.4g}: reused')
         return existing
-    claim_folder(folder, experiment_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_folder_once(folder, experiment_name)
     manifest = {
         'format': 'dstcbc-pseudo-v1', 'complete': False, 'experiment': experiment_name,
         'checkpoint': str(checkpoint_path), 'checkpoint_sha256': checkpoint_sha256, 'ratio': ratio,
         'dataset': dataset.info.key, 'list': str(dataset.list_path), 'count': len(names),
         'names_sha256': names_digest(names), 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+        'world_size': distributed.world_size(),
     }
-    write_json(folder / MANIFEST_NAME, manifest)
-
-    store = PredictionStore(memory_budget_mb * 2 ** 20, folder / CACHE_DIR_NAME)
-    try:
-        sampled_probs, sampled_classes = predict_unlabeled(model, loader, runtime, store)
-        thresholds = class_thresholds(sampled_probs, sampled_classes, dataset.info.num_classes, ratio)
-        if store.spilled:
-            log(f'pseudo-labeling: {store.spilled} of {len(names)} prediction maps went to disk '
-                f'(raise --label-memory-mb to keep more in memory)')
-        has_ground_truth = all(dataset.info.label_path(dataset.root, name, dataset.subset).is_file()
-                               for name in names)
-        quality = ConfusionMatrix(dataset.info.num_classes) if has_ground_truth else None
-        labeled_pixels = total_pixels = 0
-        for index in tqdm(range(len(names)), desc='pseudo-labeling: write', dynamic_ncols=True, disable=None):
-            max_prob, predicted = store.pop(index)
-            label = apply_thresholds(max_prob, predicted, thresholds)
-            write_png(label, pseudo_label_path(folder, names[index]))
-            labeled_pixels += int((label != IGNORE_INDEX).sum())
-            total_pixels += label.numel()
-            if quality is not None:
-                truth = resize_label(dataset.load_label(index), label.shape)
-                quality.update(torch.where(label == IGNORE_INDEX, IGNORE_INDEX, truth), label)
-    finally:
-        store.clear()
-
+    write_manifest(folder, manifest)
+    started = time.time()
+    indices = distributed.shard(range(len(names)))
+    samples = SampleBuffer()
+    with PredictionCache(cache_root or folder.parent) as cache:
+        for stale in cache.removed:
+            log(f'removed {stale}, a prediction cache left by a killed run')
+        store = PredictionStore(memory_budget_mb * 2 ** 20, cache.path)
+        try:
+            predict_unlabeled(model, loader, runtime, store, samples)
+            predicted_at = time.time()
+            thresholds = exact_thresholds(samples, dataset.info.num_classes, ratio)
+            thresholded_at = time.time()
+            spilled = distributed.sum_numbers([store.spilled], dtype=torch.int64)[0]
+            if spilled:
+                log(f'pseudo-labeling: {spilled} of {len(names)} prediction maps went to disk '
+                    f'(raise --label-memory-mb to keep more in memory)')
+            with_quality = all(dataset.ground_truth_path(index).is_file() for index in indices)
+            with_quality = distributed.sum_numbers([0 if with_quality else 1])[0] == 0
+            error, written = None, None
+            try:
+                written = write_labels(store, dataset, folder, indices, thresholds, with_quality, threads)
+            except RunError as failure:
+                error = failure
+            distributed.agree_on_errors(error)
+        finally:
+            store.close()
+    labeled, total, quality, bad_truths = written
+    labeled, total = distributed.sum_numbers([labeled, total], dtype=torch.int64)
+    quality = distributed.sum_array(quality)
+    bad_truths = [reason for part in distributed.gather_objects(bad_truths) for reason in part]
+    if distributed.is_main():
+        with guarded_write(folder, 'pseudo-label folder'):
+            fsync_path(folder)   # every label's name is on disk before the manifest says complete
     manifest.update(complete=True, finished=time.strftime('%Y-%m-%d %H:%M:%S'),
-                    thresholds=thresholds, labeled_share=labeled_pixels / max(total_pixels, 1))
-    if quality is not None:
-        scores = quality.compute()
+                    thresholds=thresholds, labeled_share=labeled / max(total, 1),
+                    seconds={'predict': round(predicted_at - started, 3),
+                             'thresholds': round(thresholded_at - predicted_at, 3),
+                             'write': round(time.time() - thresholded_at, 3)})
+    if with_quality:
+        matrix = ConfusionMatrix(dataset.info.num_classes)
+        matrix.matrix += torch.from_numpy(quality)
+        scores = matrix.compute()
         manifest['pseudo_label_miou'] = None if scores.miou != scores.miou else scores.miou
-        manifest['pseudo_label_scores'] = scores_summary(scores, dataset.info)
-    write_json(folder / MANIFEST_NAME, manifest)
+        manifest['pseudo_label_scores'] = scores.to_dict(list(dataset.info.class_names))
+        if bad_truths:
+            manifest['ground_truth_skipped'] = len(bad_truths)
+            log(f'pseudo-label quality: {len(bad_truths)} ground-truth label(s) unusable and left out '
+                f'of the diagnostic score (first: {bad_truths[0]})')
+    write_manifest(folder, manifest)
     quality_text = (f', mIoU of kept labels vs ground truth {manifest["pseudo_label_miou"] * 100:.2f} '
                     f'(diagnostic only)' if manifest.get('pseudo_label_miou') is not None else '')
     log(f'pseudo-labeling at ratio {ratio:.4g}: {len(names)} labels in {folder}, '
         f'{manifest["labeled_share"] * 100:.2f}% of pixels labeled{quality_text}')
     return manifest
-
-
-def run_pseudo_labeling(context):
-    """State 0: label the unlabeled list of --split/--sets-id with --continue-from at --label-ratio."""
-    args = context.args
-    ratio = args.label_ratio if args.label_ratio is not None else args.init_label_ratio
-    model = context.build_model(initialise_backbone=False)
-    if not args.continue_from:
-        raise InputError('--continue-from is required for --state=0 (the checkpoint that labels)')
-    context.load_weights(model, args.continue_from)
-    dataset = context.dataset(context.unlabeled_list, 'unlabeled', 'eval')
-    report = generate_pseudo_labels(
-        model, dataset, context.eval_loader(dataset), ratio=ratio,
-        pseudo_label_dir=context.experiment.pseudo_label_dir, checkpoint_path=args.continue_from,
-        checkpoint_sha256=file_sha256(args.continue_from), experiment_name=context.experiment.name,
-        runtime=context.runtime, memory_budget_mb=args.label_memory_mb, log=context.experiment.log)
-    names = context.info.class_names
-    finish(context, None, {
-        'state': 0, 'ratio': ratio, 'pseudo_label_dir': str(context.experiment.pseudo_label_dir),
-        'count': report['count'], 'labeled_share': report['labeled_share'],
-        'thresholds': dict(zip(names, report['thresholds'])),
-        'pseudo_label_miou': report.get('pseudo_label_miou'),
-        'pseudo_label_scores': report.get('pseudo_label_scores')})
-    return report

@@ -1,11 +1,12 @@
 """Saving and loading checkpoints so that a crash or a bad file costs a message, not a run.
 
-Saves go to `<path>.tmp` and are renamed over the target only once complete, so the best
+Saves go to `<path>.<pid>.tmp` and are renamed over the target only once complete, so the best
 checkpoint so far survives a crash, a full disk or a kill in the middle of writing. Loads use
 `weights_only=True` (no code runs from a downloaded file) and turn each way a file can be wrong
 into one `InputError` line naming the file, since `--continue-from` is user input.
 """
 import argparse
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.errors import InputError
-from utils.files import atomic_path
+from utils.errors import InputError, TrainingDiverged
+from utils.files import atomic_path, guarded_write
 
 FORMAT = 'dstcbc-v1'
 CLASSIFIER_KEY = 'classifier.0.convs.0.weight'
@@ -85,11 +86,23 @@ def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, s
             raise ValueError(f'extra item {key!r} would overwrite a checkpoint field')
         payload[key] = _plain(value, f'extra[{key!r}]')
 
-    with atomic_path(path) as temporary, open(temporary, 'wb') as file:
-        torch.save(payload, file)
-        file.flush()
-        # Without it a power cut after the rename can leave an empty file under the old name.
-        os.fsync(file.fileno())
+    if not state_dict_finite(payload['model']):
+        raise TrainingDiverged(f'{path}: the network holds NaN or infinite values; not saved '
+                               f'(a checkpoint never holds a diverged network)')
+    # fsync before the rename and of the folder after it: after a power cut the name holds
+    # either the previous checkpoint or this one, never an empty file.
+    with guarded_write(path, 'checkpoint'), atomic_path(path, durable=True) as temporary:
+        with open(temporary, 'wb') as file:
+            torch.save(payload, file)
+
+
+def state_dict_finite(state):
+    tensors = [tensor.detach() for tensor in state.values()
+               if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()]
+    if not tensors:
+        return True
+    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf, foreach=True)
+    return bool(torch.isfinite(largest))
 
 
 def _one_line(error: BaseException, limit: int = 100) -> str:

@@ -1,7 +1,8 @@
 """What every state needs, built once from the flags: dataset, data root, device, experiment.
 
-The states (supervised.py, self_training.py, cbc.py, training.py) receive a `RunContext` and ask
-it for datasets, loaders, the model and checkpoints, so the flags are read in one place.
+The states (supervised.py, self_training.py, pseudo_labeling.py, evaluation.py) receive a
+`RunContext` and ask it for datasets, loaders, the model and checkpoints, so the flags are read
+in one place.
 """
 import math
 from dataclasses import dataclass
@@ -12,12 +13,26 @@ import torchvision
 
 import data_processing as dp
 from models import deeplab_v2
+from utils import distributed
 from utils.checkpoints import load_checkpoint, load_model_state, save_checkpoint
-from utils.errors import InputError
+from utils.data_check import check_dataset
+from utils.errors import InputError, RunError
 from utils.experiment import Experiment
-from utils.training import LoopHooks, Runtime, evaluate, make_loader, save_state
+from utils.inference import Protocol
+from utils.training import LoopHooks, Runtime, evaluate, make_loader
 
 BACKBONES_WITHOUT_WEIGHTS = ('resnet14',)
+DEFAULT_ARCHITECTURE = {'backbone': 'resnet101', 'head_branches': 2}
+
+# Flags that change what a run computes: --resume refuses a change to any of them. Flags not
+# listed (workers, device, save-every, label-memory-mb, cache-dir, dist-timeout, results-file)
+# change how it runs, not what it gives; the number of processes may change too.
+RUN_DEFINING_FLAGS = (
+    'state', 'dataset', 'data_root_resolved', 'split', 'sets_id', 'valtiny', 'backbone',
+    'head_branches', 'coco', 'from_scratch', 'mixed_precision', 'continue_from', 'batch_size', 'lr',
+    'weight_decay', 'init_epochs', 'st_epochs', 'st_lr', 'iters', 'round', 'init_label_ratio',
+    'det_label_ratio', 'label_ratio', 'gamma', 'val_num_steps', 'no_aug', 'crop_size', 'eval_size',
+    'seed', 'sync_bn', 'frozen_bn', 'pseudo_dir')
 
 
 @dataclass
@@ -28,6 +43,7 @@ class RunContext:
     runtime: Runtime
     experiment: Experiment
     settings: dict               # JSON-ready flags and resolved values, saved with every checkpoint
+    architecture: dict           # backbone and head layout of the network this run uses
 
     # --- lists and datasets ------------------------------------------------------------------
     @property
@@ -42,26 +58,47 @@ class RunContext:
     def val_list(self):
         return 'valtiny' if self.args.valtiny else 'val'
 
-    def transforms(self, kind):
-        return dp.build_transforms(self.info, kind, coco=self.args.coco, crop_size=self.args.crop_size,
-                                   eval_size=self.args.eval_size)
+    @property
+    def crop_size(self):
+        return tuple(self.args.crop_size or self.info.crop_size)
 
-    def dataset(self, list_name, mode, kind, pseudo_label_dir=None):
-        return dp.build_dataset(self.info, self.root, list_name, mode, self.transforms(kind),
-                                pseudo_label_dir=pseudo_label_dir)
+    def transforms(self, kind, info=None):
+        return dp.build_transforms(info or self.info, kind, coco=self.args.coco,
+                                   crop_size=self.args.crop_size, eval_size=self.args.eval_size)
+
+    def dataset(self, list_name, mode, kind, pseudo_label_dir=None, full_resolution=False):
+        """Build a dataset and check every file of its list before any work starts (cached per
+        list: a second run only looks at file sizes and times). `full_resolution` (Cityscapes
+        evaluation) skips the 512x1024 base resize: images and labels at their file size."""
+        info = dp.full_resolution(self.info) if full_resolution else self.info
+        dataset = dp.build_dataset(info, self.root, list_name, mode, self.transforms(kind, info),
+                                   pseudo_label_dir=pseudo_label_dir, check=mode != 'pseudo')
+        if mode != 'pseudo':
+            check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
+                          threads=max(self.runtime.workers, 2), log=self.experiment.log)
+        return dataset
+
+    @property
+    def label_writers(self):
+        """Threads that write pseudo labels (PNG encoding runs outside the GIL)."""
+        return max(self.runtime.workers, 1)
 
     def eval_loader(self, dataset):
-        return make_loader(dataset, batch_size=self.args.batch_size, workers=self.runtime.workers,
+        """This rank's share, in batches of --batch-size / processes (the global batch)."""
+        per_rank = max(self.args.batch_size // self.runtime.world_size, 1)
+        return make_loader(dataset, batch_size=per_rank, workers=self.runtime.workers,
                            device=self.runtime.device)
 
     def batch_loader(self, dataset, sampler):
         return make_loader(dataset, batch_sampler=sampler, workers=self.runtime.workers,
                            device=self.runtime.device)
 
-    def validation(self, model):
-        """A function that scores `model` on val (or valtiny); the dataset is checked once, now."""
+    def validation(self, model, protocol=Protocol()):
+        """A function that scores `model` on val (or valtiny), returning the confusion matrix summed
+        over all processes; the dataset is checked once, now."""
         loader = self.eval_loader(self.dataset(self.val_list, 'gt', 'eval'))
-        return lambda: evaluate(model, loader, self.info.num_classes, self.runtime, desc=self.val_list)
+        return lambda: evaluate(model, loader, self.info.num_classes, self.runtime, desc=self.val_list,
+                                protocol=protocol)
 
     @property
     def validation_key(self):
@@ -74,41 +111,83 @@ class RunContext:
         """DeepLabV2; ImageNet backbone weights unless weights come from a checkpoint or the flags
         say otherwise (--from-scratch, or a backbone that has no published weights)."""
         args = self.args
+        backbone = self.architecture['backbone']
         pretrained = (initialise_backbone and not args.from_scratch
-                      and args.backbone not in BACKBONES_WITHOUT_WEIGHTS)
-        model = deeplab_v2(self.info.num_classes, backbone=args.backbone,
-                           head_branches=args.head_branches, pretrained_backbone=pretrained)
+                      and backbone not in BACKBONES_WITHOUT_WEIGHTS)
+        model = deeplab_v2(self.info.num_classes, backbone=backbone,
+                           head_branches=self.architecture['head_branches'], pretrained_backbone=pretrained)
         return model.to(self.runtime.device)
+
+    def for_training(self, model):
+        """(network, what the step calls): with several processes, BatchNorm becomes
+        SyncBatchNorm under --sync-bn, and the step goes through DistributedDataParallel."""
+        if self.runtime.world_size > 1 and self.args.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model, self.runtime.parallel(model)
+
+    def batch_norm_text(self):
+        if self.args.frozen_bn:
+            return 'BatchNorm frozen (stored statistics, --frozen-bn)'
+        if self.runtime.world_size == 1:
+            return 'BatchNorm (one process)'
+        if self.args.sync_bn:
+            return f'SyncBatchNorm: statistics over the global batch of {self.args.batch_size}'
+        return (f'BatchNorm per process: statistics over {self.args.batch_size // self.runtime.world_size} '
+                f'images (the original\'s plain BatchNorm; --sync-bn for the global batch)')
 
     def load_weights(self, model, path, flag='--continue-from'):
         """Load a checkpoint's network into `model`; return the checkpoint (metadata and all)."""
         if not path:
             raise InputError(f'{flag} is required for --state={self.args.state}')
         checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
+        check_architecture(checkpoint, self.architecture, path)
         load_model_state(model, checkpoint, path)
         return checkpoint
 
+    def checkpoint_extra(self, extra=None):
+        return dict(extra or {}, validation=self.validation_key, architecture=dict(self.architecture))
+
     def save_best(self, model, step, best_miou, extra=None):
-        save_checkpoint(self.experiment.best_checkpoint, model, step=step, best_miou=best_miou,
-                        num_classes=self.info.num_classes, settings=self.settings,
-                        extra=dict(extra or {}, validation=self.validation_key))
+        """Rank 0 writes; every rank learns whether the write failed."""
+        error = None
+        if self.runtime.is_main:
+            try:
+                save_checkpoint(self.experiment.best_checkpoint, model, step=step, best_miou=best_miou,
+                                num_classes=self.info.num_classes, settings=self.settings,
+                                extra=self.checkpoint_extra(extra))
+            except RunError as failure:
+                error = failure
+        distributed.agree_on_errors(error)
+
+    def save_last(self, state):
+        """The last-state checkpoint that --resume continues from (rank 0 writes)."""
+        error = None
+        if self.runtime.is_main:
+            try:
+                save_checkpoint(self.experiment.resume_checkpoint, state.model, optimizer=state.optimizer,
+                                scheduler=state.scheduler, scaler=state.scaler, step=state.step,
+                                best_miou=state.best_miou, num_classes=self.info.num_classes,
+                                settings=self.settings,
+                                extra=self.checkpoint_extra({'train_state': dict(state.extra, total_steps=state.total_steps)}))
+            except RunError as failure:
+                error = failure
+        distributed.agree_on_errors(error)
+        return self.experiment.resume_checkpoint
 
     def loop_hooks(self, model, best_extra):
         """What the training loop calls: validate, save the best (with `best_extra(state)`),
-        save the last state, log. The best validation's scores go into state.extra."""
-        experiment = self.experiment
+        save the last state, log. The best and the last validation's scores go into state.extra."""
 
         def on_best(state, scores):
             state.extra['best_scores'] = scores_summary(scores, self.info)
             self.save_best(state.model, state.step, state.best_miou,
                            extra=dict(best_extra(state), best_scores=state.extra['best_scores']))
 
-        def save_last(state):
-            save_state(experiment.resume_checkpoint, state, self.info.num_classes, self.settings)
-            return experiment.resume_checkpoint
+        def on_validated(state, scores):
+            state.extra['last_scores'] = scores_summary(scores, self.info)
 
-        return LoopHooks(validate=self.validation(model), on_best=on_best, save_last=save_last,
-                         log=experiment.log, scalar=experiment.scalar)
+        return LoopHooks(validate=self.validation(model), on_best=on_best, on_validated=on_validated,
+                         save_last=self.save_last, log=self.experiment.log, scalar=self.experiment.scalar)
 
     def stored_miou(self, checkpoint):
         """The validation mIoU a checkpoint carries, if it was measured on this validation set."""
@@ -117,31 +196,100 @@ class RunContext:
         value = float(checkpoint['best_miou'])
         return None if math.isnan(value) else value
 
+    def best_so_far(self):
+        """The experiment's best checkpoint file: (its mIoU on this validation set, its scores),
+        or (None, {}) when there is none. A resumed run never lets its bar fall below it."""
+        path = self.experiment.best_checkpoint
+        if not self.args.save or not path.is_file():
+            return None, {}
+        checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
+        return self.stored_miou(checkpoint), checkpoint.get('best_scores') or {}
+
     def resume_checkpoint(self):
-        """The last-state checkpoint for --resume (None when not resuming)."""
+        """The last-state checkpoint for --resume (None when not resuming), refused if it was saved
+        by a run with other flags."""
         if not self.args.resume:
             return None
         path = self.experiment.resume_checkpoint
         if not path.is_file():
             raise InputError(f'--resume: {path} not found (no unfinished run named {self.experiment.name!r})')
         checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
-        if (checkpoint.get('settings') or {}).get('state') != self.args.state:
-            raise InputError(f'--resume: {path} was saved by --state={(checkpoint.get("settings") or {}).get("state")}, '
-                             f'not --state={self.args.state}')
+        check_same_run(checkpoint.get('settings') or {}, self.settings, path)
         return checkpoint
 
     def seed(self, offset=0):
         return self.args.seed * 1000 + offset
 
 
+def check_same_run(saved, current, path):
+    """--resume continues the same run: a flag that changes the result must not change."""
+    for key in RUN_DEFINING_FLAGS:
+        if key not in saved and key not in current:
+            continue
+        before, now = normalise(saved.get(key)), normalise(current.get(key))
+        if before != now:
+            flag = '--data-root' if key == 'data_root_resolved' else '--' + key.replace('_', '-')
+            raise InputError(f'--resume: {flag} was {before} in the interrupted run ({path}), now {now}; '
+                             f'resume with the same flags, or start a new --exp-name')
+
+
+def normalise(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_architecture(checkpoint, architecture, path):
+    """A checkpoint that records its network must match the one built for it."""
+    recorded = checkpoint.get('architecture')
+    if not recorded:
+        return
+    for key in ('backbone', 'head_branches'):
+        if key in recorded and recorded[key] != architecture[key]:
+            flag = '--' + key.replace('_', '-')
+            raise InputError(f'{path}: checkpoint was trained with {flag} {recorded[key]}, but this run '
+                             f'uses {architecture[key]}; pass {flag} {recorded[key]} (or leave the flag out)')
+
+
+def resolve_architecture(args, checkpoint_path):
+    """The network to build: the flags where given, else what the checkpoint to load records
+    (so evaluating a --head-branches 4 or resnet14 checkpoint needs no extra flags), else the
+    paper's ResNet-101 with the original two-branch head."""
+    recorded = {}
+    if checkpoint_path and Path(checkpoint_path).is_file():
+        try:
+            recorded = load_checkpoint(checkpoint_path).get('architecture') or {}
+        except InputError:
+            recorded = {}   # the real load reports what is wrong with the file
+    resolved, adopted = {}, []
+    for key in ('backbone', 'head_branches'):
+        given = getattr(args, key)
+        if given is not None:
+            resolved[key] = given
+        elif key in recorded:
+            resolved[key] = recorded[key]
+            adopted.append(key)
+        else:
+            resolved[key] = DEFAULT_ARCHITECTURE[key]
+    return resolved, adopted
+
+
 def finish(context, best_miou, results):
     """Results JSON, the log.txt line, and the last-state checkpoint removed (the run is done)."""
     experiment = context.experiment
+    results = dict(common_results(context), **results)
     experiment.save_results(results)
     if best_miou is not None:
         experiment.append_summary(best_miou)
-    experiment.resume_checkpoint.unlink(missing_ok=True)
+    if context.runtime.is_main:
+        experiment.resume_checkpoint.unlink(missing_ok=True)
     experiment.log(f'results written to {experiment.results_file}')
+
+
+def common_results(context):
+    args = context.args
+    return {'experiment': context.experiment.name, 'dataset': context.info.key, 'split': str(args.split),
+            'sets_id': args.sets_id, 'class_names': list(context.info.class_names),
+            'world_size': context.runtime.world_size, 'val_list': context.val_list,
+            'architecture': dict(context.architecture)}
 
 
 def scores_summary(scores, info):

@@ -1,18 +1,103 @@
-"""Evaluation of a checkpoint (state 3, spec section 9)."""
+"""Evaluation of a checkpoint (state 3, spec section 9), and its prediction pictures.
+
+The default is the paper's protocol: single scale, no flip, on val (or valtiny). --scales and
+--flip average softmax probabilities over views; --sliding-window evaluates Cityscapes at full
+resolution (--full-resolution) window by window. results.json records the protocol, and which
+list the checkpoint was selected on, so a number reported on val can be told apart from one
+selected on val.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils import distributed
 from utils.context import describe_checkpoint, finish, scores_summary
+from utils.files import atomic_path, guarded_write
+from utils.inference import Protocol, upsample
 from utils.metrics import format_table
+from utils.training import evaluate
+
+# Cityscapes train id -> label id, for the benchmark server's label-id PNGs.
+CITY_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def protocol_from_flags(args):
+    return Protocol(scales=tuple(args.scales), flip=args.flip,
+                    window=tuple(args.sliding_window) if args.sliding_window else None,
+                    stride=tuple(args.window_stride) if args.window_stride else None)
+
+
+def palette_image(prediction, colors):
+    """A palette ('P' mode) PNG image of class indices with the dataset's colours."""
+    image = Image.fromarray(prediction.astype(np.uint8), mode='P')
+    flat = [value for color in colors for value in color]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return image
+
+
+def save_png(image, path):
+    with guarded_write(path, 'prediction'), atomic_path(path) as temporary:
+        image.save(temporary, format='PNG')
+
+
+class PredictionWriter:
+    """Writes each image's prediction at the image file's own size: a colour PNG (VOC palette,
+    Cityscapes colours) and, for Cityscapes, the label-id PNG the benchmark server reads."""
+
+    def __init__(self, folder, dataset):
+        self.folder = Path(folder)
+        self.dataset = dataset
+        self.written = 0
+
+    def __call__(self, batch, scores):
+        for scores_one, index, own, file_size in zip(scores, batch['index'].tolist(),
+                                                     batch['own_size'].tolist(), batch['file_size'].tolist()):
+            own_h, own_w = own
+            if self.dataset.info.base_size is None:
+                # VOC: the canvas is padded bottom/right; the image is its top-left corner.
+                scores_one = scores_one[:, :own_h, :own_w]
+            if tuple(scores_one.shape[-2:]) != tuple(file_size):
+                scores_one = upsample(scores_one[None], file_size)[0]
+            prediction = scores_one.argmax(0).to(torch.uint8).cpu().numpy()
+            name = self.dataset.names[index]
+            save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
+            if self.dataset.info.key == 'city':
+                label_ids = np.asarray(CITY_TRAIN_TO_LABEL_ID, dtype=np.uint8)[prediction]
+                save_png(Image.fromarray(label_ids, mode='L'), self.folder / 'label_ids' / f'{name}.png')
+            self.written += 1
 
 
 def run_evaluation(context):
-    """Single scale, no flip, on val (or valtiny); prints the per-class table."""
+    """Scores on val (or valtiny), the per-class table, and optionally the predictions as PNGs."""
     args = context.args
     model = context.build_model(initialise_backbone=False)
     checkpoint = context.load_weights(model, args.continue_from)
-    context.experiment.log(f'evaluating {args.continue_from} ({describe_checkpoint(checkpoint)}) '
-                           f'on {context.info.title} {context.val_list}')
-    scores = context.validation(model)()
+    protocol = protocol_from_flags(args)
+    dataset = context.dataset(context.val_list, 'gt', 'eval', full_resolution=args.full_resolution)
+    context.experiment.log(f'evaluating {args.continue_from} ({describe_checkpoint(checkpoint)}) on '
+                           f'{context.info.title} {context.val_list}, {len(dataset)} images; protocol '
+                           f'{protocol.to_dict()}')
+    writer = PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None
+    confusion = evaluate(model, context.eval_loader(dataset), context.info.num_classes, context.runtime,
+                         desc=context.val_list, protocol=protocol, on_prediction=writer)
+    scores = confusion.compute()
     context.experiment.log(format_table(scores, list(context.info.class_names)))
-    finish(context, None, {'state': 3, 'checkpoint': str(args.continue_from), 'val_list': context.val_list,
-                           'miou': scores.miou, 'pixel_accuracy': scores.pixel_accuracy,
-                           'scores': scores_summary(scores, context.info)})
+    if writer is not None:
+        count = distributed.sum_numbers([writer.written], dtype=torch.int64)[0]
+        context.experiment.log(f'{count} predictions written to {args.save_predictions}')
+    trained = checkpoint.get('settings') or {}
+    validation = checkpoint.get('validation') or {}
+    methods = {1: 'dst-cbc', 2: 'supervised'}
+    finish(context, None, {
+        'state': 3, 'checkpoint': str(args.continue_from), 'reported_on': context.val_list,
+        'selected_on': validation.get('list'), 'method': methods.get(trained.get('state'), 'unknown'),
+        'source_experiment': trained.get('exp_name'),
+        'split': str(trained.get('split', args.split)), 'sets_id': trained.get('sets_id', args.sets_id),
+        'protocol': protocol.to_dict(), 'miou': scores.miou, 'pixel_accuracy': scores.pixel_accuracy,
+        'scores': scores_summary(scores, context.info),
+        'confusion_matrix': confusion.matrix.cpu().tolist(),
+        'predictions': str(args.save_predictions) if args.save_predictions else None})
     return scores
+

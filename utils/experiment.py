@@ -15,16 +15,14 @@ import torch
 from tqdm import tqdm
 
 from utils.errors import InputError
-from utils.files import atomic_path, write_failure
+from utils.files import FolderLock, atomic_path, guarded_write, remove_stale_temporaries
 
 
 def write_json(path, data):
-    """Write JSON atomically: a reader never sees half a file."""
-    try:
-        with atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
-    except OSError as error:
-        raise InputError(f'{path}: cannot write ({write_failure(error)})') from None
+    """Write JSON atomically and durably: a reader never sees half a file, and after a power cut
+    the name holds the old or the new content."""
+    with guarded_write(path, 'JSON'), atomic_path(path, durable=True) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
 
 
 def choose_device(name=None):
@@ -41,14 +39,31 @@ def choose_device(name=None):
 
 
 def autocast_dtype(mixed_precision, device):
-    """float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed), or None (off)."""
+    """float16 on CUDA (with a GradScaler), bfloat16 on a CPU that computes it natively, or None
+    (off). A CPU without bfloat16 instructions emulates it some ten to a hundred times slower
+    than float32, so mixed precision falls back to float32 there (the log says so)."""
     if not mixed_precision:
         return None
-    return torch.float16 if device.type == 'cuda' else torch.bfloat16
+    if device.type == 'cuda':
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bfloat16() else None
 
 
-def describe_precision(dtype):
+def cpu_has_fast_bfloat16():
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            flags = Path('/proc/cpuinfo').read_text()
+        except OSError:
+            return False
+        return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def describe_precision(dtype, mixed_precision=False):
     if dtype is None:
+        if mixed_precision:
+            return 'full precision (float32): --mixed-precision asked, but this CPU has no native bfloat16'
         return 'full precision (float32)'
     return f'mixed precision: torch.autocast with {str(dtype).replace("torch.", "")}'
 
@@ -58,12 +73,16 @@ class Experiment:
 
     <exp-name>.pt (best checkpoint, in the working folder as in the original), log.txt (one line
     per finished run), and logs/<exp-name>/ holding tensorboard events, settings.json, the run's
-    log, results.json, the last-state checkpoint for --resume and, by default, pseudo labels.
+    log, results.json, the last-state checkpoint for --resume, the lock and, by default, pseudo
+    labels. In a run of several processes only the main one (rank 0) writes any of these; the
+    others print nothing either.
     """
 
-    def __init__(self, name, base_dir='.', results_file=None, pseudo_label_dir=None, save_best=True):
+    def __init__(self, name, base_dir='.', results_file=None, pseudo_label_dir=None, save_best=True,
+                 is_main=True):
         self.name = name
         self.base_dir = Path(base_dir)
+        self.is_main = is_main
         self.log_dir = self.base_dir / 'logs' / name
         self.best_checkpoint = (self.base_dir / f'{name}.pt') if save_best else (self.log_dir / 'best-unsaved.pt')
         self.keep_best = save_best
@@ -71,8 +90,24 @@ class Experiment:
         self.results_file = Path(results_file) if results_file else self.log_dir / 'results.json'
         self.pseudo_label_dir = Path(pseudo_label_dir) if pseudo_label_dir else self.log_dir / 'pseudo_labels'
         self.summary_log = self.base_dir / 'log.txt'
+        self.lock = FolderLock(self.log_dir / 'lock')
         self._writer = None
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self):
+        """Create the folder, take the experiment's lock (a second live run of the same name is
+        refused), and remove what killed runs of it left half-written."""
+        if not self.is_main:
+            return
+        with guarded_write(self.log_dir, 'folder'):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire(f'experiment {self.name!r}')
+        for folder, prefix in ((self.base_dir, f'{self.name}.pt.'), (self.log_dir, ''),
+                               (self.pseudo_label_dir, '')):
+            for path in remove_stale_temporaries(folder, prefix):
+                self.log(f'removed {path}, left half-written by a killed run')
+
+    def output_paths(self):
+        return [self.log_dir, self.best_checkpoint, self.results_file, self.pseudo_label_dir]
 
     @property
     def writer(self):
@@ -83,31 +118,39 @@ class Experiment:
         return self._writer
 
     def log(self, message):
-        """Print and keep in logs/<exp-name>/run.log."""
+        """Print and keep in logs/<exp-name>/run.log (main process only)."""
+        if not self.is_main:
+            return
         tqdm.write(message)
-        with open(self.log_dir / 'run.log', 'a') as file:
+        with guarded_write(self.log_dir / 'run.log', 'log'), open(self.log_dir / 'run.log', 'a') as file:
             file.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
 
     def scalar(self, tag, value, step):
-        self.writer.add_scalar(tag, value, step)
+        if self.is_main:
+            self.writer.add_scalar(tag, value, step)
 
     def save_settings(self, settings):
-        write_json(self.log_dir / 'settings.json', settings)
+        if self.is_main:
+            write_json(self.log_dir / 'settings.json', settings)
 
     def save_results(self, results):
-        write_json(self.results_file, results)
+        if self.is_main:
+            write_json(self.results_file, results)
 
     def append_summary(self, best_miou):
         """The original's log.txt line: `<exp-name>: <best mIoU in percent>`."""
-        with open(self.summary_log, 'a') as file:
+        if not self.is_main:
+            return
+        with guarded_write(self.summary_log, 'log'), open(self.summary_log, 'a') as file:
             file.write(f'{self.name}: {best_miou * 100:.2f}\n')
 
     def close(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if not self.keep_best and self.best_checkpoint.exists():
+        if self.is_main and not self.keep_best and self.best_checkpoint.exists():
             self.best_checkpoint.unlink()
+        self.lock.release()
 
 
 class StopRequest:

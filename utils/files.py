@@ -1,21 +1,53 @@
-"""Writing files so that a crash, a kill or a full disk never leaves half a file under its name."""
+"""Writing files so that a crash, a kill, a power cut or a full disk never leaves half a file under
+its name, and a failed write is one line naming the file.
+
+Every write goes to `<name>.<pid>.tmp` beside the target and is renamed over it once complete.
+With `durable=True` the file is fsynced before the rename and its folder after it, so after a
+power cut the name holds either the old or the new content, and a manifest written after its
+labels never reaches the disk before them.
+"""
 import errno
+import fcntl
 import os
+import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils.errors import InputError, OutputError
+
+TEMPORARY_PATTERN = re.compile(r'^(?P<name>.+)\.(?P<pid>\d+)\.tmp$')
+
+
+def temporary_name(path):
+    path = Path(path)
+    return path.with_name(f'{path.name}.{os.getpid()}.tmp')
+
+
+def fsync_path(path):
+    """Flush a file's (or a folder's) data to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path, durable=False):
     """A temporary path beside `path` to write to: renamed over `path` when the block succeeds,
     removed when it fails. The temporary file is created by the caller's writer with the usual
     permissions (0o666 less the umask), so lists and labels stay readable to a shared group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    temporary = temporary_name(path)
     try:
         yield temporary
+        if durable:
+            fsync_path(temporary)
         os.replace(temporary, path)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -23,4 +55,87 @@ def atomic_path(path):
 
 def write_failure(error):
     """Why a write failed, in a few words for a one-line message."""
-    return 'disk full' if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 'disk full'
+    if error.errno == errno.EFBIG:
+        return 'file size limit reached'
+    return error.strerror or str(error)
+
+
+@contextmanager
+def guarded_write(path, what='file'):
+    """Turn an OS error while writing `path` into a one-line OutputError naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f'{path}: cannot write {what} ({write_failure(error)})') from None
+
+
+def remove_stale_temporaries(folder, prefix=''):
+    """Remove `<prefix>*.<pid>.tmp` files in `folder` left by processes that no longer exist
+    (a kill -9 during a save leaves a file as large as a checkpoint); returns the paths removed.
+
+    Only files of dead processes go, so a live process's half-written file is never touched.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = TEMPORARY_PATTERN.match(path.name)
+        if not match or not path.name.startswith(prefix) or process_alive(int(match['pid'])):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on a file, held while the process lives (the kernel drops it on exit,
+    so a lock of a killed run never needs cleaning up). The file names the holder's PID and host
+    for the message a second run gets."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = None
+
+    def acquire(self, what):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(self.path, 'a+')
+        except OSError as error:
+            raise OutputError(f'{self.path}: cannot create the lock file ({write_failure(error)})') from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or 'another process'
+            handle.close()
+            raise InputError(f'{what} is in use by a live run ({holder}, lock {self.path}); wait for '
+                             f'it to finish or choose another name') from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None

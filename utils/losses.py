@@ -33,17 +33,27 @@ class DynamicLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 split_index: int | None = None) -> torch.Tensor:
-        """Return the scalar float32 loss; samples [0, split_index) of the batch are pseudo-labeled.
+        """Return the scalar float32 loss; samples [0, split_index) of the batch are pseudo-labeled."""
+        total, count = self.sum_and_count(logits, targets, split_index)
+        # With no valid pixel the sum is an exact 0 built from the logits, so dividing by 1
+        # gives the zero loss with a (zero) gradient path and no host sync to test the count.
+        return total / count.clamp(min=1)
 
-        Computed in float32 with autocast switched off, because under mixed precision a half
-        precision log-softmax loses the small probabilities that gamma = 9 raises to a power.
+    def sum_and_count(self, logits: torch.Tensor, targets: torch.Tensor,
+                      split_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weighted sum of the per-pixel losses and the number of non-ignored pixels.
+
+        Apart so that several processes can divide the sum over their shares of a batch by the
+        count of the whole batch. Computed in float32 with autocast switched off, because under
+        mixed precision a half precision log-softmax loses the small probabilities that gamma = 9
+        raises to a power.
         """
         split_index = self._check_inputs(logits, targets, split_index)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             log_probs = torch.log_softmax(logits.float(), dim=1)
             valid = targets != self.ignore_index
             # Ignored pixels get a harmless class 0 so gather stays in range; masked out below.
-            safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
+            safe_targets = torch.where(valid, targets.long(), torch.zeros_like(targets, dtype=torch.long))
             label_log_prob = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
             per_pixel = -label_log_prob
 
@@ -56,10 +66,7 @@ class DynamicLoss(nn.Module):
 
             # where(), not a multiply by the mask: an inf at an ignored pixel would give NaN.
             total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
-            # With no valid pixel the sum is an exact 0 built from the logits, so dividing by 1
-            # gives the zero loss with a (zero) gradient path and no host sync to test the count.
-            count = valid.sum().clamp(min=1)
-            return total / count
+            return total, valid.sum()
 
     @staticmethod
     def _check_inputs(logits: torch.Tensor, targets: torch.Tensor, split_index: int | None) -> int:

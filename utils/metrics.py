@@ -61,8 +61,14 @@ class ConfusionMatrix:
     def reset(self) -> None:
         self.matrix.zero_()
 
-    def update(self, target: torch.Tensor, prediction: torch.Tensor) -> None:
-        """Add one batch; shapes may differ as long as both hold the same number of pixels."""
+    def update(self, target: torch.Tensor, prediction: torch.Tensor, check: bool = True) -> None:
+        """Add one batch; shapes may differ as long as both hold the same number of pixels.
+
+        Nothing here waits for the device: ignored pixels are counted into a spare cell that is
+        dropped, instead of being removed by boolean indexing (whose size the host must read).
+        `check=False` skips the range check of the predictions, which needs the host to look at
+        them; an argmax over C classes is in range by construction.
+        """
         if target.numel() != prediction.numel():
             raise ValueError(f'target {tuple(target.shape)} and prediction '
                              f'{tuple(prediction.shape)} hold different numbers of pixels')
@@ -73,17 +79,19 @@ class ConfusionMatrix:
         n = self.num_classes
         target = target.reshape(-1).to(device=self.matrix.device, dtype=torch.int64)
         prediction = prediction.reshape(-1).to(device=self.matrix.device, dtype=torch.int64)
+        if check and prediction.numel():
+            # A prediction out of range would silently land in another cell of the matrix.
+            low, high = torch.stack(torch.aminmax(prediction)).tolist()
+            if low < 0 or high >= n:
+                raise ValueError(f'predictions must lie in [0, {n}), got values in [{low}, {high}]')
         keep = (target >= 0) & (target < n)
-        target = target[keep]
-        prediction = prediction[keep]
-        if prediction.numel() == 0:
-            return
-        # A prediction out of range would silently land in another cell of the flattened matrix.
-        low, high = torch.stack(torch.aminmax(prediction)).tolist()
-        if low < 0 or high >= n:
-            raise ValueError(f'predictions must lie in [0, {n}), got values in [{low}, {high}]')
-        counts = torch.bincount(target * n + prediction, minlength=n * n)
-        self.matrix += counts.view(n, n)
+        cells = torch.where(keep, target * n + prediction, torch.full_like(target, n * n))
+        if cells.device.type == 'cpu':
+            counts = torch.bincount(cells, minlength=n * n + 1)
+        else:   # bincount on a GPU reads the largest value back to size its output
+            counts = torch.zeros(n * n + 1, dtype=torch.int64, device=cells.device)
+            counts.index_add_(0, cells, torch.ones_like(cells))
+        self.matrix += counts[:n * n].view(n, n)
 
     def merge(self, other: 'ConfusionMatrix') -> 'ConfusionMatrix':
         """Add another matrix's counts into this one (e.g. to combine runs or shards)."""

@@ -2,38 +2,48 @@
 from utils.context import finish
 from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
-from utils.training import (EpochBatchSampler, TrainState, build_optimizer, build_scheduler,
-                            restore_state, train_loop)
+from utils.training import (EpochBatchSampler, TrainState, batch_tensors, build_optimizer,
+                            build_scheduler, restore_state, train_loop)
 
 
-def train_supervised(context, model, epochs, resume=None, phase='supervised'):
+def labeled_batches(loader, crop_size):
+    """(images, labels, split_index) from a loader of dataset items."""
+    for batch in loader:
+        yield *batch_tensors(batch, crop_size), None
+
+
+def train_supervised(context, model, epochs, resume=None, phase='supervised', bar=None):
     """Train on the labeled list for `epochs`; the best checkpoint goes to the experiment's path.
 
-    Returns the final TrainState (best mIoU and the best validation's scores in state.extra).
+    `bar` is the (mIoU, scores) to beat from the start, e.g. the experiment's stored best when a
+    run is resumed (the better of it and last.pt's counts). Returns the final TrainState, with
+    the best and last validations' scores in state.extra.
     """
     args = context.args
     dataset = context.dataset(context.labeled_list, 'gt', 'train')
-    batches_per_epoch = EpochBatchSampler(len(dataset), args.batch_size, 0).batches_per_epoch
-    total_steps = epochs * batches_per_epoch
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    state = TrainState(model, optimizer, build_scheduler(optimizer, max(total_steps, 1)),
+    total_steps = epochs * EpochBatchSampler(len(dataset), args.batch_size, 0).batches_per_epoch
+    network, step_model = context.for_training(model)
+    optimizer = build_optimizer(network, args.lr, args.weight_decay)
+    state = TrainState(network, optimizer, build_scheduler(optimizer, max(total_steps, 1)),
                        context.runtime.grad_scaler(), total_steps, extra={'phase': phase})
     if resume is not None:
         restore_state(state, resume)
+    if bar is not None and bar[0] is not None and bar[0] > state.best_miou:
+        state.best_miou, state.extra['best_scores'] = bar[0], bar[1]
     context.experiment.log(f'{phase}: {len(dataset)} labeled images ({context.labeled_list}), '
-                           f'{epochs} epochs = {total_steps} steps of batch {args.batch_size}, '
-                           f'lr {args.lr}, validation every {args.val_num_steps} steps on '
-                           f'{context.val_list}' + (f'; resumed at step {state.step}' if resume else ''))
+                           f'{epochs} epochs = {total_steps} steps of batch {args.batch_size} over '
+                           f'{context.runtime.world_size} process(es), lr {args.lr}, validation every '
+                           f'{args.val_num_steps} steps on {context.val_list}; {context.batch_norm_text()}'
+                           + (f'; resumed at step {state.step}' if resume else ''))
     if total_steps == 0:
         return state
     sampler = EpochBatchSampler(len(dataset), args.batch_size, context.seed(1), start_batch=state.step,
                                 num_batches=total_steps)
-    batches = ((images, labels, None) for images, labels in context.batch_loader(dataset, sampler))
-    hooks = context.loop_hooks(model, best_extra=lambda s: {'phase': phase})
+    hooks = context.loop_hooks(network, best_extra=lambda s: {'phase': phase})
     with stop_on_signals() as stop:
-        train_loop(state, batches, DynamicLoss(0.0), context.runtime, hooks,
-                   val_every=args.val_num_steps, save_every=args.save_every, stop=stop,
-                   num_classes=context.info.num_classes, tag=phase)
+        train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.crop_size), DynamicLoss(0.0),
+                   context.runtime, hooks, val_every=args.val_num_steps, save_every=args.save_every,
+                   stop=stop, num_classes=context.info.num_classes, tag=phase, train_model=step_model, frozen_bn=args.frozen_bn)
     return state
 
 
@@ -46,12 +56,15 @@ def run_supervised(context):
         context.load_weights(model, context.experiment.resume_checkpoint, '--resume')
     elif args.continue_from:
         context.load_weights(model, args.continue_from)
-    state = train_supervised(context, model, args.init_epochs, resume=resume)
+    bar = context.best_so_far() if resume is not None else None
+    state = train_supervised(context, model, args.init_epochs, resume=resume, bar=bar)
     best = state.best_miou if state.best_miou >= 0 else None
     if best is not None:
         context.experiment.log(f'best val mIoU {best * 100:.2f}'
                                + (f' -> {context.experiment.best_checkpoint}' if args.save else ''))
-    finish(context, best, {'state': 2, 'experiment': context.experiment.name, 'best_miou': best,
+    last_scores = state.extra.get('last_scores', {})
+    finish(context, best, {'state': 2, 'method': 'supervised', 'best_miou': best,
                            'best_scores': state.extra.get('best_scores', {}),
+                           'last_miou': last_scores.get('miou'), 'last_scores': last_scores,
                            'steps': state.total_steps,
                            'checkpoint': str(context.experiment.best_checkpoint) if args.save else None})
