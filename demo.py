@@ -2,11 +2,19 @@
 
 Makes the synthetic VOC-layout set if absent, then runs the real command lines one after another:
 supervised training on 1/8 of the labels (state 2), DST-CBC rounds each as its own process
-(state 1 with --round), and evaluation of both checkpoints (state 3), and prints the two mIoUs
-side by side. Every command is printed, so it can be rerun or adapted by hand.
+(state 1 with --round), and evaluation of both checkpoints (state 3). Every command is printed,
+so it can be rerun or adapted by hand.
+
+The protocol is the honest one the README recommends for real data: select on valtiny, report on
+val. Training and self-training validate on valtiny (`--valtiny`), so every checkpoint choice
+(the best step, whether a round is kept) is made there; val, a separate set of images, is scored
+once at the end by state 3 and never chooses anything. Both figures are printed, each named.
+Pictures of the result (label maps, rounds, per-class IoU, confusion matrix) go to
+<work-dir>/pictures/.
 """
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -14,25 +22,45 @@ from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent
 
-# Settings chosen so that the whole demo fits in about five minutes on a 2-core CPU: the
-# supervised run has converged by its 600 steps (150 epochs of 30 images), so the DST-CBC gain is
-# not just more training.
+# Settings chosen so that the whole demo fits in about five minutes on a 2-core CPU and the
+# supervised run has converged: its best valtiny mIoU comes well before its last step and the
+# validations after it do not improve on it, so the DST-CBC gain is not just more training.
 DEMO = {
-    'images': {'num_train': 240, 'num_val': 60, 'seed': 0},
+    'images': {'num_train': 240, 'num_val': 60, 'num_valtiny': 30},
     'common': ['--dataset', 'voc', '--backbone', 'resnet14', '--crop-size', '80', '80',
                '--eval-size', '96', '128', '--split', '8', '--sets-id', '0', '--batch-size', '8',
                '--device', 'cpu', '--save-every', '0'],
-    'supervised': ['--init-epochs', '150', '--lr', '0.02', '--val-num-steps', '100'],
+    'supervised': ['--init-epochs', '150', '--lr', '0.02', '--val-num-steps', '50'],
     'self_training': ['--gamma', '9', '--st-lr', '0.02', '--st-epochs', '4', '4', '--iters', '2',
-                      '--val-num-steps', '53'],
+                      '--val-num-steps', '40'],
+    'pictures': {'val_images': 3, 'unlabeled_images': 3},
 }
 QUICK = {  # for tests: the same chain in seconds (numbers are meaningless)
-    'images': {'num_train': 24, 'num_val': 8, 'seed': 0},
+    'images': {'num_train': 24, 'num_val': 8, 'num_valtiny': 6},
     'common': DEMO['common'],
     'supervised': ['--init-epochs', '2', '--lr', '0.02', '--val-num-steps', '4'],
     'self_training': ['--gamma', '9', '--st-lr', '0.02', '--st-epochs', '1', '1', '--iters', '2',
                       '--val-num-steps', '10'],
+    'pictures': {'val_images': 2, 'unlabeled_images': 2},
 }
+
+SUPERVISED, EVAL_SUPERVISED, EVAL_DSTCBC = 'demo_supervised', 'demo_eval_supervised', 'demo_eval_dstcbc'
+PICTURES = {  # file names in <work-dir>/pictures/
+    'val_panels': 'val_panels.png',
+    'pseudo_label_panels': 'pseudo_label_panels.png',
+    'rounds': 'rounds.png',
+    'class_iou': 'class_iou.png',
+    'confusion': 'confusion.png',
+}
+VALIDATION_LINE = re.compile(r' supervised step (\d+)/(\d+): val mIoU ([0-9.]+)')
+
+
+def round_name(number):
+    return f'demo_dstcbc_round{number}'
+
+
+def flag_value(flags, name):
+    return flags[flags.index(name) + 1]
 
 
 def ensure_data(data_dir, images):
@@ -47,8 +75,9 @@ def ensure_data(data_dir, images):
             return
     started = time.time()
     make_synthetic_voc(data_dir, **images)
-    print(f'demo data: made {images["num_train"]} training and {images["num_val"]} validation images '
-          f'in {data_dir} ({time.time() - started:.1f} s)')
+    print(f'demo data: made {images["num_train"]} training, {images["num_val"]} validation (val, '
+          f'reported) and {images["num_valtiny"]} selection (valtiny) images with seed '
+          f'{images["seed"]} in {data_dir} ({time.time() - started:.1f} s)')
 
 
 def run(command, work_dir):
@@ -62,44 +91,172 @@ def results(work_dir, name):
     return json.loads((work_dir / 'logs' / name / 'results.json').read_text())
 
 
+def validation_curve(work_dir, name):
+    """[(step, mIoU fraction)] of a training run's validations, read from its run.log."""
+    log = work_dir / 'logs' / name / 'run.log'
+    if not log.is_file():
+        return []
+    return [(int(match.group(1)), float(match.group(3)) / 100)
+            for match in map(VALIDATION_LINE.search, log.read_text().splitlines()) if match]
+
+
+def display_class_names(class_names):
+    """The dataset's class names with the synthetic classes named by what they are."""
+    from utils.synthetic import SHAPES, TEXTURES
+
+    names = list(class_names)
+    for index, shape in SHAPES.items():
+        names[index] = f'{TEXTURES[index]} {shape}'
+    return names
+
+
+def make_pictures(work_dir, data_dir, settings, last_checkpoint, rounds):
+    """The figures of the run, in <work-dir>/pictures/; returns {key: path} and the image ids."""
+    import visualize
+
+    folder = work_dir / 'pictures'
+    paths = {key: folder / name for key, name in PICTURES.items()}
+    common = settings['common']
+    eval_size = [int(size) for size in common[common.index('--eval-size') + 1:][:2]]
+
+    def panels(checkpoint, list_name, count=visualize.PANELS_DEFAULT_COUNT, image_ids=None,
+               pseudo_dir=None):
+        return visualize.compute_panels(work_dir / checkpoint, data_root=data_dir, dataset='voc',
+                                        list_name=list_name, image_ids=image_ids, count=count,
+                                        pseudo_dir=pseudo_dir, eval_size=eval_size)
+
+    # Held-out val images: the supervised checkpoint's view above DST-CBC's, image by image.
+    supervised_rows, info = panels(f'{SUPERVISED}.pt', 'val', count=settings['pictures']['val_images'])
+    val_ids = [row['name'] for row in supervised_rows]
+    dstcbc_rows, _ = panels(last_checkpoint, 'val', image_ids=val_ids)
+    names = display_class_names(info.class_names)
+    rows = []
+    for supervised_row, dstcbc_row in zip(supervised_rows, dstcbc_rows):
+        rows.append(dict(supervised_row, name=f'supervised  {supervised_row["name"]}'))
+        rows.append(dict(dstcbc_row, name=f'DST-CBC  {dstcbc_row["name"]}'))
+    visualize.save_panels(rows, paths['val_panels'], info.colors, names,
+                          title=f'held-out val images: supervised ({SUPERVISED}.pt) and DST-CBC '
+                                f'({last_checkpoint})')
+
+    # Unlabeled training images with the last round's pseudo labels, beside the prediction and
+    # confidence of the checkpoint that made them (the round's starting checkpoint): a pseudo
+    # label is that prediction where the confidence passes its class's threshold.
+    last_round = results(work_dir, round_name(rounds))
+    labeler = f'{round_name(rounds - 1)}.pt' if rounds > 1 else f'{SUPERVISED}.pt'
+    unlabeled_list = f'{flag_value(common, "--split")}_unlabeled_{flag_value(common, "--sets-id")}'
+    pseudo_dir = work_dir / last_round['pseudo_label_dir']
+    pseudo_rows, _ = panels(labeler, unlabeled_list, count=settings['pictures']['unlabeled_images'],
+                            pseudo_dir=pseudo_dir)
+    ratio = last_round['rounds'][-1]['ratio']
+    visualize.save_panels(pseudo_rows, paths['pseudo_label_panels'], info.colors, names,
+                          title=f'unlabeled training images: round {rounds} pseudo labels (CBC ratio '
+                                f'{ratio:g}), made by {labeler}')
+
+    round_results = [results(work_dir, round_name(number)) for number in range(1, rounds + 1)]
+    entries, start_miou = visualize.rounds_from_results(round_results)
+    visualize.plot_rounds(entries, paths['rounds'], start_miou=start_miou,
+                          val_label=visualize.validation_label(round_results),
+                          title='DST-CBC rounds (checkpoints selected on valtiny)')
+
+    class_names, supervised_iou = visualize.class_iou_from_results(results(work_dir, EVAL_SUPERVISED))
+    _, dstcbc_iou = visualize.class_iou_from_results(results(work_dir, EVAL_DSTCBC))
+    shown = [index for index, name in enumerate(class_names)
+             if supervised_iou.get(name) is not None or dstcbc_iou.get(name) is not None]
+    visualize.plot_class_iou([names[index] for index in shown],
+                             [supervised_iou.get(class_names[index]) for index in shown],
+                             [dstcbc_iou.get(class_names[index]) for index in shown],
+                             paths['class_iou'], labels=('supervised (val)', 'DST-CBC (val)'))
+
+    matrix, _ = visualize.confusion_from_results(results(work_dir, EVAL_DSTCBC))
+    present = [index for index in range(len(matrix))
+               if sum(matrix[index]) > 0 or sum(row[index] for row in matrix) > 0]
+    visualize.plot_confusion([[matrix[row][column] for column in present] for row in present],
+                             [names[index] for index in present], paths['confusion'])
+    return paths, {'val': val_ids, 'unlabeled': [row['name'] for row in pseudo_rows],
+                   'unlabeled_list': unlabeled_list, 'labeler': labeler}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data-dir', type=Path, default=REPO_DIR / 'data' / 'demo_voc')
-    parser.add_argument('--work-dir', type=Path, default=REPO_DIR / 'demo_output',
-                        help='where checkpoints, logs and pseudo labels go')
+    parser.add_argument('--data-dir', type=Path, default=None,
+                        help='where the synthetic set is made (default data/demo_voc, '
+                             'data/demo_voc_seed<N> for other seeds, _quick for --quick)')
+    parser.add_argument('--work-dir', type=Path, default=None,
+                        help='where checkpoints, logs, pseudo labels and pictures go (default '
+                             'demo_output, demo_output_seed<N> for other seeds)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the synthetic images (default 0)')
     parser.add_argument('--workers', default='0', help='data loading processes per run (0: in the main process)')
     parser.add_argument('--quick', action='store_true', help='a seconds-long run, for tests')
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else DEMO
+    images = dict(settings['images'], seed=args.seed)
     started = time.time()
-    data_dir = args.data_dir.resolve()
-    if args.quick and args.data_dir == parser.get_default('data_dir'):
-        data_dir = data_dir.with_name('demo_voc_quick')
-    ensure_data(data_dir, settings['images'])
-    work_dir = args.work_dir.resolve()
+    suffix = f'_seed{args.seed}' if args.seed else ''
+    data_dir = (args.data_dir or REPO_DIR / 'data' / (f'demo_voc{suffix}' + ('_quick' if args.quick else ''))).resolve()
+    work_dir = (args.work_dir or REPO_DIR / f'demo_output{suffix}').resolve()
+    ensure_data(data_dir, images)
     work_dir.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, str(REPO_DIR / 'main.py'), '--data-root', str(data_dir),
             '--workers', args.workers] + settings['common']
 
-    run(base + ['--state', '2', '--exp-name', 'demo_supervised'] + settings['supervised'], work_dir)
-    rounds = int(settings['self_training'][settings['self_training'].index('--iters') + 1])
-    previous = 'demo_supervised.pt'
+    # Selection on valtiny: the best supervised step and every round's keep-or-not.
+    run(base + ['--state', '2', '--exp-name', SUPERVISED, '--valtiny'] + settings['supervised'], work_dir)
+    rounds = int(flag_value(settings['self_training'], '--iters'))
+    previous = f'{SUPERVISED}.pt'
     for round_number in range(1, rounds + 1):
-        name = f'demo_dstcbc_round{round_number}'
-        run(base + ['--state', '1', '--exp-name', name, '--continue-from', previous,
+        name = round_name(round_number)
+        run(base + ['--state', '1', '--exp-name', name, '--continue-from', previous, '--valtiny',
                     '--round', str(round_number)] + settings['self_training'], work_dir)
         previous = f'{name}.pt'
-    for name, checkpoint in (('demo_eval_supervised', 'demo_supervised.pt'), ('demo_eval_dstcbc', previous)):
+    # Report on val, which chose nothing.
+    for name, checkpoint in ((EVAL_SUPERVISED, f'{SUPERVISED}.pt'), (EVAL_DSTCBC, previous)):
         run(base + ['--state', '3', '--exp-name', name, '--continue-from', checkpoint], work_dir)
 
-    supervised, dstcbc = results(work_dir, 'demo_eval_supervised'), results(work_dir, 'demo_eval_dstcbc')
-    rows = [('supervised, 1/8 of the labels', supervised), (f'DST-CBC, {rounds} rounds', dstcbc)]
-    print(f'\n{"validation set (" + str(settings["images"]["num_val"]) + " images)":<34}{"mIoU":>8}{"pixel acc":>11}')
-    for label, result in rows:
-        print(f'{label:<34}{result["miou"] * 100:>7.2f}%{result["pixel_accuracy"] * 100:>10.2f}%')
-    print(f'\ndemo finished in {(time.time() - started) / 60:.1f} minutes; outputs in {work_dir}')
-    summary = {'supervised_miou': supervised['miou'], 'dstcbc_miou': dstcbc['miou'],
-               'minutes': (time.time() - started) / 60}
+    supervised, dstcbc = results(work_dir, EVAL_SUPERVISED), results(work_dir, EVAL_DSTCBC)
+    for result in (supervised, dstcbc):
+        if result.get('reported_on') != 'val' or result.get('selected_on') not in (None, 'valtiny'):
+            sys.exit(f'demo: {result["checkpoint"]} was selected on {result.get("selected_on")} '
+                     f'and reported on {result.get("reported_on")}; expected valtiny and val')
+    selection = {'supervised': results(work_dir, SUPERVISED), 'dstcbc': results(work_dir, round_name(rounds))}
+    curve = validation_curve(work_dir, SUPERVISED)
+    training_minutes = (time.time() - started) / 60
+
+    paths, shown = make_pictures(work_dir, data_dir, settings, previous, rounds)
+
+    num_val, num_valtiny = images['num_val'], images['num_valtiny']
+    rows = [('supervised, 1/8 of the labels', supervised, selection['supervised']),
+            (f'DST-CBC, {rounds} rounds', dstcbc, selection['dstcbc'])]
+    print(f'\nseed {args.seed}: checkpoints selected on valtiny ({num_valtiny} images), '
+          f'reported on val ({num_val} other images, never used to select)')
+    print(f'{"":<32}{"val mIoU":>10}{"val pixel acc":>15}{"valtiny mIoU":>15}')
+    print(f'{"":<32}{"(held-out)":>10}{"(held-out)":>15}{"(selection)":>15}')
+    for label, reported, selected in rows:
+        print(f'{label:<32}{reported["miou"] * 100:>9.2f}%{reported["pixel_accuracy"] * 100:>14.2f}%'
+              f'{selected["best_miou"] * 100:>14.2f}%')
+    if curve:
+        best_step, best_miou = max(curve, key=lambda point: (point[1], -point[0]))
+        print(f'supervised validation on valtiny (step: mIoU): '
+              + ', '.join(f'{step}: {miou * 100:.2f}' for step, miou in curve)
+              + f'; best at step {best_step} of {curve[-1][0]}')
+    print('\npictures:')
+    for path in paths.values():
+        print(f'  {path}')
+    minutes = (time.time() - started) / 60
+    print(f'\ndemo finished in {minutes:.1f} minutes; outputs in {work_dir}')
+    summary = {
+        'seed': args.seed, 'quick': args.quick,
+        'num_val': num_val, 'num_valtiny': num_valtiny,
+        'supervised_miou': supervised['miou'], 'dstcbc_miou': dstcbc['miou'],   # val, held-out
+        'supervised_pixel_accuracy': supervised['pixel_accuracy'],
+        'dstcbc_pixel_accuracy': dstcbc['pixel_accuracy'],
+        'supervised_valtiny_miou': selection['supervised']['best_miou'],      # selection
+        'dstcbc_valtiny_miou': selection['dstcbc']['best_miou'],
+        'dstcbc_checkpoint': previous,
+        'supervised_curve': [[step, miou] for step, miou in curve],
+        'pictures': {key: str(path) for key, path in paths.items()},
+        'picture_images': shown,
+        'training_minutes': training_minutes, 'minutes': minutes,
+    }
     (work_dir / 'demo_summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     return summary
 

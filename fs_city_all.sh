@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The paper's supervised baselines on Cityscapes (spec section 6): lr 0.004, COCO weights (run
-# prepare_coco.sh first), three random splits each, plus valtiny variants of the smallest split.
-# A run whose results file exists is skipped. Extra arguments go to every run.
+# prepare_coco.sh first), three random splits each, plus valtiny variants of the smallest split
+# (chosen on valtiny, then scored on val by fs_city_30-<set>_valtiny_eval). A run whose results
+# file exists is skipped. Extra arguments go to every run. Several GPUs: LAUNCH="torchrun
+# --nproc_per_node 4" ./fs_city_all.sh
 set -euo pipefail
 source "$(dirname "$0")/run_once.sh"
 
@@ -28,4 +30,6 @@ TABLE
 for set_id in 0 1 2; do
   run "fs_city_30-${set_id}_valtiny" --split=30 --sets-id="$set_id" --init-epochs=330 \
     --val-num-steps=100 --valtiny "$@"
+  run_once "fs_city_30-${set_id}_valtiny_eval" --state=3 --dataset=city \
+    --continue-from="fs_city_30-${set_id}_valtiny.pt" --coco --mixed-precision "$@"
 done

@@ -4,6 +4,11 @@ the confusion matrix.
     python visualize.py rounds logs/ss_voc_106-0_round*/results.json --out rounds.png
     python visualize.py classes logs/fs_voc_106-0/results.json logs/ss_voc_106-0/results.json --out classes.png
     python visualize.py confusion logs/eval/results.json --out confusion.png [--no-normalize]
+    python visualize.py panels --checkpoint fs_voc_106-0.pt --data-root VOC2012 --list val --count 4 \
+        [--images ID ...] [--pseudo-dir logs/ss_voc_106-0/pseudo_labels] --out panels.png
+
+`panels` runs a checkpoint over a few images of a list (the only command that needs torch, imported
+when it runs) and draws image, ground truth, prediction, pseudo label and confidence per image.
 
 The drawing functions are pure: each builds its own `matplotlib.figure.Figure` (never through
 pyplot, so no window, no figure left registered anywhere and nothing to close) and returns it;
@@ -303,12 +308,14 @@ def save_panels(rows, path, colors, class_names, title=None):
 
 # ------------------------------------------------------------------------------ training curves
 
-def plot_rounds(rounds, path=None, title=None, start_miou=None):
+def plot_rounds(rounds, path=None, title=None, start_miou=None, val_label='val mIoU'):
     """Self-training progress: pseudo-label share, pseudo-label mIoU and val mIoU (percent) per
     round, lines with markers. `rounds` are dicts with `round` (1-based), `labeled_share`,
     `pseudo_label_miou` and `val_miou` (fractions, None where unknown); None values are left out,
     never drawn as 0. `start_miou`, when given, is the val mIoU at round 0 (the starting
-    checkpoint). Saved to `path` when given; returns the Figure (lines labelled as in the legend).
+    checkpoint). `val_label` names the validation line (e.g. 'valtiny mIoU' when the rounds were
+    validated on valtiny). Saved to `path` when given; returns the Figure (lines labelled as in
+    the legend).
     """
     points = {'pseudo-label share': [], 'pseudo-label mIoU': [], 'val mIoU': []}
     start_miou = _fraction_or_none(start_miou, 'start_miou')
@@ -343,7 +350,8 @@ def plot_rounds(rounds, path=None, title=None, start_miou=None):
         xs = [x for x, _ in values]
         ys = [y * 100 for _, y in values]
         highest = max(highest, max(ys))
-        ax.plot(xs, ys, label=series, linewidth=1.5, markersize=6, **styles[series])
+        ax.plot(xs, ys, label=val_label if series == 'val mIoU' else series, linewidth=1.5,
+                markersize=6, **styles[series])
         for x, y in zip(xs, ys):
             ax.annotate(f'{y:.1f}', (x, y), textcoords='offset points', xytext=(0, 6),
                         ha='center', fontsize=7, color=styles[series]['color'])
@@ -486,6 +494,130 @@ def plot_confusion(matrix, class_names, path=None, normalize=True):
     return fig
 
 
+# ------------------------------------------------------------------------ label maps of a model
+
+PANELS_DEFAULT_COUNT = 4
+# What a checkpoint that does not record its network was built as (utils/context.py's default).
+DEFAULT_BACKBONE, DEFAULT_HEAD_BRANCHES = 'resnet101', 2
+
+
+class PanelInputError(Exception):
+    """Bad input to `compute_panels` (a file, a list, an image id, a flag): one line of text,
+    naming the file where there is one."""
+
+
+def _recorded(checkpoint, key):
+    """What the run that wrote `checkpoint` used for `key` (its validation first: that is how
+    its scores were measured), or None."""
+    for section in ('validation', 'settings'):
+        values = checkpoint.get(section)
+        if isinstance(values, dict) and values.get(key) is not None:
+            return values[key]
+    return None
+
+
+def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val', image_ids=None,
+                   count=PANELS_DEFAULT_COUNT, pseudo_dir=None, coco=None, eval_size=None,
+                   device='cpu'):
+    """Run a checkpoint over a few images of a list; returns (rows, info) for `save_panels`.
+
+    `rows` holds one dict per image: 'name' (its id), 'image' (uint8 HxWx3 at the image's own
+    size), 'ground_truth' (uint8 HxW, or None when the list's images have no label files),
+    'prediction' (uint8 argmax of the class scores), 'confidence' (float32 max softmax
+    probability), and 'pseudo_label' (`pseudo_dir`/<id>.png when given and present, else None).
+    `info` is the dataset's DatasetInfo (palette and class names).
+
+    The network is the one the checkpoint records ('architecture', else ResNet-101 with the
+    two-branch head) with its class count. Images go through the evaluation chain at `eval_size`
+    with `coco` normalisation (defaults: what the checkpoint's run used, else the dataset's), are
+    scored on the padded canvas as evaluation and pseudo-labeling do, and cut back to their own
+    size. `image_ids` picks images of the list by id; else its first `count`. Bad input raises
+    PanelInputError with a one-line message.
+    """
+    import torch
+
+    import data_processing as dp
+    from models import deeplab_v2
+    from utils.checkpoints import load_checkpoint, load_model_state
+    from utils.errors import InputError
+    from utils.inference import class_scores
+    from utils.training import Runtime
+
+    try:
+        checkpoint = load_checkpoint(checkpoint_path)
+        key = dataset or _recorded(checkpoint, 'dataset') or 'voc'
+        info = dp.get_dataset_info(key)
+        stored_classes = checkpoint.get('num_classes') or info.num_classes
+        if stored_classes != info.num_classes:
+            raise InputError(f'{checkpoint_path}: checkpoint has {stored_classes} classes but '
+                             f'{info.title} has {info.num_classes}')
+        architecture = checkpoint.get('architecture') or {}
+        model = deeplab_v2(int(stored_classes),
+                           backbone=architecture.get('backbone', DEFAULT_BACKBONE),
+                           head_branches=architecture.get('head_branches', DEFAULT_HEAD_BRANCHES))
+        load_model_state(model, checkpoint, checkpoint_path)
+        try:
+            runtime = Runtime(torch.device(device))
+        except RuntimeError as error:
+            raise InputError(f'--device {device}: {error}') from None
+        if runtime.device.type == 'cuda' and not torch.cuda.is_available():
+            raise InputError(f'--device {device}: CUDA is not available here')
+        model.to(runtime.device).eval()
+
+        coco = bool(_recorded(checkpoint, 'coco')) if coco is None else coco
+        eval_size = tuple(eval_size or _recorded(checkpoint, 'eval_size') or info.eval_size)
+        root = dp.resolve_root(info, data_root)
+        list_path = dp.find_list(info, root, list_name)
+        names = dp.read_list(list_path)
+        if image_ids:
+            missing = [name for name in image_ids if name not in names]
+            if missing:
+                raise InputError(f'{list_path}: no image {missing[0]!r} in this list')
+            indices = [names.index(name) for name in image_ids]
+        else:
+            indices = list(range(min(count, len(names))))
+        if pseudo_dir is not None and not Path(pseudo_dir).is_dir():
+            raise InputError(f'{pseudo_dir}: no such pseudo-label folder')
+
+        transforms = dp.build_transforms(info, 'eval', coco=coco, eval_size=eval_size)
+        subset = dp.subset_of(list_name)
+        labeled = all(info.label_path(root, names[index], subset).is_file() for index in indices)
+        data = dp.SegmentationDataset(info, root, names, subset, transforms,
+                                      mode='gt' if labeled else 'unlabeled', list_path=list_path)
+        rows = []
+        for index in indices:
+            if not data.image_path(index).is_file():
+                raise InputError(f'{data.image_path(index)}: file not found (listed in {list_path})')
+            item = data[index]
+            own_height, own_width = (int(size) for size in item['own_size'])
+            images = item['image'][None].to(runtime.device)
+            scores = class_scores(model, images, images.shape[-2:], runtime)
+            probabilities = torch.softmax(scores[0, :, :own_height, :own_width].float(), dim=0)
+            confidence, prediction = probabilities.max(dim=0)
+            picture = dp.load_image(data.image_path(index))
+            if tuple(picture.shape[-2:]) != (own_height, own_width):   # Cityscapes' base resize
+                picture = torch.nn.functional.interpolate(
+                    picture[None].float(), size=(own_height, own_width), mode='bilinear',
+                    align_corners=False, antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+            row = {'name': names[index], 'image': picture.permute(1, 2, 0).numpy().copy(),
+                   'ground_truth': None, 'prediction': prediction.to(torch.uint8).cpu().numpy(),
+                   'confidence': confidence.cpu().numpy(), 'pseudo_label': None}
+            if labeled:
+                row['ground_truth'] = item['label'][:own_height, :own_width].numpy().copy()
+            if pseudo_dir is not None:
+                path = dp.pseudo_label_path(pseudo_dir, names[index])
+                if path.is_file():
+                    pseudo = dp.load_label_file(path, info.num_classes).numpy()
+                    if pseudo.shape != (own_height, own_width):
+                        raise InputError(f'{path}: pseudo label is {pseudo.shape[0]}x{pseudo.shape[1]} '
+                                         f'but its image is {own_height}x{own_width}')
+                    row['pseudo_label'] = pseudo
+            rows.append(row)
+    except InputError as error:
+        raise PanelInputError(str(error)) from None
+    return rows, info
+
+
 # --------------------------------------------------------------------------------- results files
 
 STATE_NAMES = {0: 'pseudo-labeling', 1: 'self-training', 2: 'supervised', 3: 'evaluation'}
@@ -552,6 +684,13 @@ def rounds_from_results(results_list):
         raise ValueError(f'round {repeated[0]} appears in more than one results file')
     rounds.sort(key=lambda entry: entry['round'])
     return rounds, first[1].get('start_miou')
+
+
+def validation_label(results_list):
+    """The name of the rounds' validation line: 'valtiny mIoU' when every run validated on
+    valtiny (its `val_list`), else 'val mIoU'."""
+    lists = {results.get('val_list') for results in results_list}
+    return 'valtiny mIoU' if lists == {'valtiny'} else 'val mIoU'
 
 
 def class_iou_from_results(results):
@@ -638,7 +777,8 @@ def command_rounds(args):
             owner[entry['round']] = path
         per_file.append(results)
     rounds, start_miou = rounds_from_results(per_file)
-    return _write(lambda: plot_rounds(rounds, title=args.title, start_miou=start_miou),
+    return _write(lambda: plot_rounds(rounds, title=args.title, start_miou=start_miou,
+                                      val_label=validation_label(per_file)),
                   args.results[0], args.out)
 
 
@@ -657,6 +797,20 @@ def command_confusion(args):
     matrix, names = _read(args.results, confusion_from_results)
     return _write(lambda: plot_confusion(matrix, names, normalize=args.normalize),
                   args.results, args.out)
+
+
+def command_panels(args):
+    """Image, ground truth, prediction, pseudo label and confidence of a few images of a list, as
+    a checkpoint sees them."""
+    if args.count < 1:
+        raise PanelInputError(f'--count must be at least 1, got {args.count}')
+    rows, info = compute_panels(args.checkpoint, data_root=args.data_root, dataset=args.dataset,
+                                list_name=args.list, image_ids=args.images, count=args.count,
+                                pseudo_dir=args.pseudo_dir, coco=args.coco, eval_size=args.eval_size,
+                                device=args.device)
+    title = args.title if args.title is not None else f'{Path(args.checkpoint).name} on {args.list}'
+    return _write(lambda: _draw_rows(rows, info.colors, info.class_names, title=title or None),
+                  args.checkpoint, args.out)
 
 
 def build_parser():
@@ -689,8 +843,31 @@ def build_parser():
                            help='show pixel counts instead of row shares')
     confusion.set_defaults(handler=command_confusion)
 
-    # The `panels` subcommand (label maps of images through a model, drawn with save_panels)
-    # goes here: commands.add_parser('panels', ...) with set_defaults(handler=command_panels).
+    panels = commands.add_parser(
+        'panels', help='image, ground truth, prediction, pseudo label and confidence through a checkpoint')
+    panels.add_argument('--checkpoint', type=Path, required=True, metavar='X.pt',
+                        help='a checkpoint written by main.py (or a converted one)')
+    panels.add_argument('--data-root', type=Path, default=None, metavar='ROOT',
+                        help='dataset folder (default: as main.py finds it)')
+    panels.add_argument('--dataset', choices=('voc', 'city'), default=None,
+                        help='default: what the checkpoint records, else voc')
+    panels.add_argument('--list', default='val', help='the list the images come from (default val)')
+    panels.add_argument('--images', nargs='+', default=None, metavar='ID',
+                        help='ids of the list to show (default: its first --count)')
+    panels.add_argument('--count', type=int, default=PANELS_DEFAULT_COUNT,
+                        help=f'how many images when --images is not given (default {PANELS_DEFAULT_COUNT})')
+    panels.add_argument('--pseudo-dir', type=Path, default=None, metavar='DIR',
+                        help='pseudo labels to show: DIR/<id>.png where present (255 = ignored)')
+    panels.add_argument('--coco', action='store_true', default=None,
+                        help='Caffe input normalisation (default: what the checkpoint records)')
+    panels.add_argument('--eval-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='evaluation canvas (default: what the checkpoint records, else the dataset\'s)')
+    panels.add_argument('--device', default='cpu', help='cpu (default), cuda, cuda:1 ...')
+    panels.add_argument('--out', type=Path, default=Path('panels.png'),
+                        help='output image (default panels.png)')
+    panels.add_argument('--title', default=None,
+                        help='figure title (default: "<checkpoint> on <list>"; "" for none)')
+    panels.set_defaults(handler=command_panels)
     return parser
 
 
@@ -700,6 +877,9 @@ def main(argv=None) -> int:
         return args.handler(args)
     except FileError as error:
         print(f'error: {error.path}: {error.what}', file=sys.stderr)
+        return 2
+    except PanelInputError as error:
+        print(f'error: {error}', file=sys.stderr)
         return 2
 
 

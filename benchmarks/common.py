@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the repository on sys.path, process measurements, the machine
-description, the table layout, and running each measurement in a fresh Python process.
+description, the table layout, and running each measurement in a fresh Python process (or in
+several started together, e.g. the ranks of a process group).
 
 The scripts are run as files (`python benchmarks/bench_x.py`, from any directory), so Python puts
 benchmarks/ first on sys.path and `import common` finds this module; importing it puts the
@@ -9,8 +10,11 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -115,11 +119,51 @@ def run_in_child(script, name, arguments):
     The child runs from the repository root with tqdm off; `name` labels a failure, which shows
     the child's output and exits.
     """
+    return run_in_children(script, name, arguments, [{}])[0]
+
+
+def run_in_children(script, name, arguments, environments):
+    """Start one fresh Python process per entry of `environments` (variables added to this
+    process's environment), all at once, wait for all of them, and return what each one
+    print_result-ed (None for a process that printed nothing; the first one must print).
+
+    As run_in_child otherwise. When a process fails, the others are ended (they may be waiting
+    for it in a collective) and the failed one's output is shown.
+    """
     command = [sys.executable, str(Path(script).resolve()), *arguments]
-    env = dict(os.environ, TQDM_DISABLE='1')
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO_DIR))
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if done.returncode != 0 or not lines:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f'{name}: measuring process failed (exit {done.returncode})')
-    return json.loads(lines[-1][len(RESULT_MARK):])
+    outputs = [tempfile.TemporaryFile('w+') for _ in environments]
+    processes = [subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True,
+                                  env=dict(os.environ, TQDM_DISABLE='1', **extra), cwd=str(REPO_DIR))
+                 for output, extra in zip(outputs, environments)]
+    failed = None
+    try:
+        while failed is None and any(process.poll() is None for process in processes):
+            failed = next((p for p in processes if p.poll() not in (None, 0)), None)
+            time.sleep(0.05)
+        failed = failed or next((p for p in processes if p.returncode != 0), None)
+    finally:   # also on Ctrl-C: no measuring process outlives this one
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
+    texts = []
+    for output in outputs:
+        output.seek(0)
+        texts.append(output.read())
+        output.close()
+    results = []
+    for text in texts:
+        lines = [line for line in text.splitlines() if line.startswith(RESULT_MARK)]
+        results.append(json.loads(lines[-1][len(RESULT_MARK):]) if lines else None)
+    if failed is not None or results[0] is None:
+        failed = failed or processes[0]
+        sys.stderr.write(texts[processes.index(failed)])
+        raise SystemExit(f'{name}: measuring process failed (exit {failed.returncode})')
+    return results
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that is free now (for MASTER_PORT of a local process group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]

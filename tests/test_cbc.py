@@ -563,3 +563,64 @@ def test_full_disk_at_the_final_manifest(setup, tmp_path, monkeypatch):
     assert not list(folder.rglob('*.tmp')), sorted(p.name for p in folder.rglob('*.tmp'))
     assert isinstance(error.value, OutputError), repr(error.value)
     assert 'disk full' in str(error.value) and '\n' not in str(error.value)
+
+
+# --- memory: what labeling holds does not grow with the prediction maps ------------------------
+
+MEMORY_SCRIPT = r'''
+import json, sys, resource, tempfile
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[1])
+from utils import cbc
+from utils.training import Runtime
+
+count, height, width = int(sys.argv[2]), 600, 800
+
+class Network(torch.nn.Module):   # random logits at 1/8, the same for an image every time
+    def forward(self, images):
+        generator = torch.Generator().manual_seed(int(images.sum()))
+        return {'out': torch.randn(images.shape[0], 21, height // 8, width // 8, generator=generator) * 3}
+
+class Info:
+    key, num_classes, class_names = 'voc', 21, tuple(str(c) for c in range(21))
+
+class Dataset(torch.utils.data.Dataset):
+    info, list_path = Info(), 'stand-in'
+    names = [f'image_{i}' for i in range(count)]
+    def __len__(self): return count
+    def __getitem__(self, index):
+        size = torch.tensor([height, width])
+        return {'image': torch.full((3, height, width), float(index)), 'index': index, 'own_size': size,
+                'file_size': size}
+    def image_path(self, index): return Path(self.names[index])
+    def ground_truth_path(self, index): return Path('/nonexistent')
+
+dataset = Dataset()
+loader = torch.utils.data.DataLoader(dataset, batch_size=1)
+work = Path(tempfile.mkdtemp())
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = peak()
+manifest = cbc.generate_pseudo_labels(Network(), dataset, loader, ratio=0.2, pseudo_label_dir=work / 'labels',
+    checkpoint_path='x', checkpoint_sha256='0' * 64, experiment_name='m', runtime=Runtime(torch.device('cpu')),
+    memory_budget_mb=1, log=lambda m: None, cache_root=work, threads=1)
+print(json.dumps({'growth_mb': peak() - before, 'spilled': manifest['prediction_cache']['spilled_maps']}))
+'''
+
+
+def labeling_growth(count):
+    completed = subprocess.run([sys.executable, '-c', MEMORY_SCRIPT, str(REPO_ROOT), str(count)],
+                               capture_output=True, text=True, timeout=600,
+                               env=dict(os.environ, OMP_NUM_THREADS='1', TQDM_DISABLE='1'))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_memory_held_by_labeling_does_not_grow_with_the_maps():
+    """With a 1 MB budget every 600x800 map (2.3 MB) goes to disk. Labeling 60 images must then
+    take about the memory labeling 5 takes: the extra 55 maps are 128 MB, their samples 1.4 MB.
+    Keeping a view of each map for the thresholds (the sampled pixels as a strided slice) would
+    keep every whole map alive and grow the process by the 128 MB."""
+    few, many = labeling_growth(5), labeling_growth(60)
+    assert few['spilled'] == 5 and many['spilled'] == 60
+    assert many['growth_mb'] - few['growth_mb'] < 40, (few, many)

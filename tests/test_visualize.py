@@ -331,3 +331,202 @@ def test_cli_blames_an_output_that_cannot_be_written(tmp_path, capsys):
     assert main(['confusion', results, '--out', str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f'error: {out}: cannot be written') and err.count('\n') == 1
+
+
+# ------------------------------------------------------------------ panels: a checkpoint's view
+
+EVAL_SIZE = (96, 128)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """A tiny synthetic set and a tiny resnet14 checkpoint whose BatchNorm statistics come from a
+    few images (so its scores and confidences vary over an image), saved as main.py does."""
+    import torch
+
+    from models import deeplab_v2
+    from utils.checkpoints import save_checkpoint
+    from utils.synthetic import make_synthetic_voc
+
+    folder = tmp_path_factory.mktemp('panels')
+    root = folder / 'voc'
+    make_synthetic_voc(root, num_train=8, num_val=3, seed=4)
+    torch.manual_seed(0)
+    model = deeplab_v2(21, backbone='resnet14')
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, *EVAL_SIZE))
+        for parameter in model.classifier.parameters():   # confident enough to vary
+            parameter.mul_(30.0)
+    model.eval()
+    checkpoint = folder / 'tiny.pt'
+    save_checkpoint(checkpoint, model, num_classes=21,
+                    extra={'architecture': {'backbone': 'resnet14', 'head_branches': 2}})
+    return {'root': root, 'checkpoint': checkpoint, 'model': model, 'folder': folder}
+
+
+def independent_scores(model, image):
+    """The checkpoint's view of one uint8 HxWx3 image, computed here from first principles: the
+    image on a black canvas of EVAL_SIZE, ImageNet normalisation, logits upsampled bilinearly
+    (align_corners) to the canvas, cut back to the image, softmax."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = image.shape[:2]
+    canvas = np.zeros(EVAL_SIZE + (3,), np.float32)
+    canvas[:height, :width] = image / 255.0
+    canvas = (canvas - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(canvas).permute(2, 0, 1)[None])['out']
+        logits = F.interpolate(logits, size=EVAL_SIZE, mode='bilinear', align_corners=True)
+        probabilities = torch.softmax(logits[0, :, :height, :width], dim=0)
+    return probabilities.argmax(0).numpy(), probabilities.max(0).values.numpy()
+
+
+ROW_NAME_SPACE = visualize.ROW_NAME_SPACE     # rows drawn by `panels` are named by image id
+
+
+def panel_rows_height(images):
+    """Rows of image panels of these images' sizes, as the layout constants make them (inches)."""
+    heights = [PANEL_WIDTH * min(max(h / w, 0.25), 2.0) for h, w in images]
+    return PANEL_TITLE_SPACE * len(images) + sum(heights) + visualize.ROW_GAP * (len(images) - 1)
+
+
+def test_compute_panels_matches_an_independent_forward_pass(tiny_run):
+    root = tiny_run['root']
+    names = (root / 'ImageSets' / 'Segmentation' / 'val.txt').read_text().split()
+    rows, info = visualize.compute_panels(tiny_run['checkpoint'], data_root=root, list_name='val',
+                                          count=2, eval_size=EVAL_SIZE)
+    assert info.class_names == VOC_CLASSES and [row['name'] for row in rows] == names[:2]
+    for row in rows:
+        image = np.asarray(Image.open(root / 'JPEGImages' / f'{row["name"]}.jpg').convert('RGB'))
+        truth = np.asarray(Image.open(root / 'SegmentationClassAug' / f'{row["name"]}.png'))
+        prediction, confidence = independent_scores(tiny_run['model'], image)
+        assert np.array_equal(row['image'], image) and np.array_equal(row['ground_truth'], truth)
+        assert row['prediction'].dtype == np.uint8 and row['prediction'].shape == image.shape[:2]
+        assert np.array_equal(row['prediction'], prediction)
+        assert np.allclose(row['confidence'], confidence, atol=1e-5)
+        assert row['pseudo_label'] is None
+        # Not a degenerate network: more than one class, and confidences that vary.
+        assert len(np.unique(prediction)) > 1 and confidence.std() > 0.05
+        assert (confidence >= 1 / 21 - 1e-6).all() and (confidence <= 1 + 1e-6).all()
+    # Images picked by id, in the order given.
+    picked, _ = visualize.compute_panels(tiny_run['checkpoint'], data_root=root, list_name='val',
+                                         image_ids=[names[2], names[0]], eval_size=EVAL_SIZE)
+    assert [row['name'] for row in picked] == [names[2], names[0]]
+    assert np.array_equal(picked[1]['prediction'], rows[0]['prediction'])
+
+
+def test_panels_command_draws_what_the_network_predicts(tiny_run, tmp_path, capsys):
+    root = tiny_run['root']
+    unlabeled = (root / 'ImageSets' / 'Segmentation' / '8_unlabeled_0.txt').read_text().split()
+    image_id = unlabeled[0]
+    image = np.asarray(Image.open(root / 'JPEGImages' / f'{image_id}.jpg').convert('RGB'))
+    prediction, confidence = independent_scores(tiny_run['model'], image)
+    # A pseudo label as state 0 writes one: the prediction where confidence passes a threshold.
+    pseudo = np.where(confidence >= np.median(confidence), prediction, IGNORE_INDEX).astype(np.uint8)
+    pseudo_dir = tmp_path / 'pseudo'
+    pseudo_dir.mkdir()
+    Image.fromarray(pseudo).save(pseudo_dir / f'{image_id}.png')
+
+    out = tmp_path / 'figures' / 'panels.png'
+    argv = ['panels', '--checkpoint', str(tiny_run['checkpoint']), '--data-root', str(root),
+            '--list', '8_unlabeled_0', '--images', image_id, unlabeled[1], '--pseudo-dir', str(pseudo_dir),
+            '--eval-size', *map(str, EVAL_SIZE), '--out', str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr() == (f'wrote {out}\n', '')
+    pixels = read_png(out)
+    # Two rows of five columns (the second image has no pseudo label: its cell says 'none'),
+    # a colorbar, one legend column and the title.
+    sizes = [np.asarray(Image.open(root / 'JPEGImages' / f'{name}.jpg')).shape[:2]
+             for name in (image_id, unlabeled[1])]
+    width = MARGIN + ROW_NAME_SPACE + 5 * PANEL_WIDTH + 4 * PANEL_GAP + 0.6 + PANEL_GAP + 1.5 + MARGIN
+    height = MARGIN + 0.4 + panel_rows_height(sizes) + MARGIN
+    assert pixels.shape == (round(height * DPI), round(width * DPI), 3)
+
+    # The same rows drawn here give the axes positions; the CLI's picture is that figure.
+    rows, info = visualize.compute_panels(tiny_run['checkpoint'], data_root=root,
+                                          list_name='8_unlabeled_0', image_ids=[image_id, unlabeled[1]],
+                                          pseudo_dir=pseudo_dir, eval_size=EVAL_SIZE)
+    assert np.array_equal(rows[0]['pseudo_label'], pseudo) and rows[1]['pseudo_label'] is None
+    fig = save_panels(rows, tmp_path / 'again.png', info.colors, info.class_names,
+                      title=f'{tiny_run["checkpoint"].name} on 8_unlabeled_0')
+    assert np.array_equal(read_png(tmp_path / 'again.png'), pixels)
+    axes = panel_axes(fig)
+    assert [ax.get_title() for ax in axes[:5]] == ['image', 'ground truth', 'prediction',
+                                                   'pseudo label (white = ignored)', 'confidence']
+    cells = [region(pixels, ax, inset=0) for ax in axes[:5]]
+    for cell in cells:
+        assert cell.std() > 0
+    # The prediction cell is the independently computed argmax in the palette, stretched to the
+    # cell (nearest neighbour); the pseudo-label cell is white wherever it is ignored.
+    for cell, label in ((cells[2], prediction), (cells[3], pseudo)):
+        rows_at = (np.arange(cell.shape[0]) + 0.5) * label.shape[0] / cell.shape[0]
+        columns_at = (np.arange(cell.shape[1]) + 0.5) * label.shape[1] / cell.shape[1]
+        expected = colorize(label, VOC_COLORS)[rows_at.astype(int)][:, columns_at.astype(int)]
+        assert (cell == expected).all(axis=-1).mean() > 0.95
+    assert np.abs(cells[0] - cells[2]).mean() > 5 and np.abs(cells[2] - cells[4]).mean() > 5
+
+
+def test_panels_without_labels_or_a_pseudo_folder_leave_those_columns_out(tiny_run, tmp_path):
+    root = tiny_run['root']
+    # A list of images whose label files do not exist (e.g. a test split).
+    (root / 'JPEGImages' / 'unlabeled_copy.jpg').write_bytes(
+        (root / 'JPEGImages' / 'synth_val_0000.jpg').read_bytes())
+    (root / 'ImageSets' / 'Segmentation' / 'nolabels.txt').write_text('unlabeled_copy\n')
+    out = tmp_path / 'panels.png'
+    assert main(['panels', '--checkpoint', str(tiny_run['checkpoint']), '--data-root', str(root),
+                 '--list', 'nolabels', '--eval-size', *map(str, EVAL_SIZE), '--title', '',
+                 '--out', str(out)]) == 0
+    rows, _ = visualize.compute_panels(tiny_run['checkpoint'], data_root=root, list_name='nolabels',
+                                       eval_size=EVAL_SIZE)
+    assert rows[0]['ground_truth'] is None and rows[0]['pseudo_label'] is None
+    size = np.asarray(Image.open(root / 'JPEGImages' / 'unlabeled_copy.jpg')).shape[:2]
+    width = MARGIN + ROW_NAME_SPACE + 3 * PANEL_WIDTH + 2 * PANEL_GAP + 0.6 + PANEL_GAP + 1.5 + MARGIN
+    height = MARGIN + panel_rows_height([size]) + MARGIN
+    assert read_png(out).shape == (round(height * DPI), round(width * DPI), 3)
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda argv, run: argv.__setitem__(argv.index('--checkpoint') + 1, str(run['folder'] / 'none.pt')),
+     'no such checkpoint file'),
+    (lambda argv, run: argv.extend(['--images', 'synth_val_0099']), "no image 'synth_val_0099'"),
+    (lambda argv, run: argv.extend(['--list', 'missing']), 'list missing.txt not found'),
+    (lambda argv, run: argv.extend(['--count', '0']), '--count must be at least 1'),
+    (lambda argv, run: argv.extend(['--pseudo-dir', str(run['folder'] / 'none')]), 'no such pseudo-label folder'),
+    (lambda argv, run: argv.extend(['--dataset', 'city']), '19'),
+    (lambda argv, run: argv.__setitem__(argv.index('--eval-size') + 1, '64'), 'larger than the evaluation canvas'),
+    (lambda argv, run: argv.__setitem__(argv.index('--data-root') + 1, str(run['folder'] / 'nowhere')),
+     'does not exist'),
+])
+def test_panels_errors_are_one_line(tiny_run, tmp_path, capsys, change, message):
+    argv = ['panels', '--checkpoint', str(tiny_run['checkpoint']), '--data-root', str(tiny_run['root']),
+            '--eval-size', *map(str, EVAL_SIZE), '--out', str(tmp_path / 'out.png')]
+    change(argv, tiny_run)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and message in err, err
+    assert not (tmp_path / 'out.png').exists()
+
+
+def test_panels_refuses_a_pseudo_label_of_another_size(tiny_run, tmp_path, capsys):
+    pseudo_dir = tmp_path / 'pseudo'
+    pseudo_dir.mkdir()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(pseudo_dir / 'synth_val_0000.png')
+    assert main(['panels', '--checkpoint', str(tiny_run['checkpoint']), '--data-root', str(tiny_run['root']),
+                 '--count', '1', '--pseudo-dir', str(pseudo_dir), '--eval-size', *map(str, EVAL_SIZE),
+                 '--out', str(tmp_path / 'out.png')]) == 2
+    err = capsys.readouterr().err
+    assert err == (f'error: {pseudo_dir / "synth_val_0000.png"}: pseudo label is 10x10 but its image is '
+                   f'{np.asarray(Image.open(tiny_run["root"] / "JPEGImages" / "synth_val_0000.jpg")).shape[0]}x'
+                   f'{np.asarray(Image.open(tiny_run["root"] / "JPEGImages" / "synth_val_0000.jpg")).shape[1]}\n')
+
+
+def test_the_figures_from_results_files_do_not_load_torch():
+    completed = subprocess.run([sys.executable, '-c', 'import sys, visualize; '
+                                'visualize.build_parser().parse_args(["panels", "--checkpoint", "x.pt"]); '
+                                'print("torch" in sys.modules)'],
+                               capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == 'False\n'

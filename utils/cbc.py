@@ -221,8 +221,8 @@ class PredictionStore:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             self.spill_file = open(self.spill_dir / 'maps.bin', 'w+b')
         with guarded_write(self.spill_dir / 'maps.bin', 'prediction cache'):
-            self.spill_file.write(as_numpy(max_prob, np.float32).tobytes())
-            self.spill_file.write(as_numpy(predicted, np.uint8).tobytes())
+            self.spill_file.write(as_numpy(max_prob, np.float32).data)
+            self.spill_file.write(as_numpy(predicted, np.uint8).data)
         self.entries[key] = ('disk', None, self.spill_size, height, width)
         self.spill_size += pixels * BYTES_PER_PIXEL
         self.spilled += 1
@@ -328,7 +328,7 @@ def predict_unlabeled(model, loader, runtime, store, samples):
                 max_prob, predicted = probs.max(dim=0)
                 predicted = predicted.to(torch.uint8)
                 sampled_prob = max_prob.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy()
-                if not np.isfinite(sampled_prob).all() or not bool(torch.isfinite(max_prob).all()):
+                if not np.isfinite(sampled_prob).all():   # a diverged network is NaN everywhere
                     raise InputError(f'the checkpoint predicts NaN or infinite probabilities for '
                                      f'{loader.dataset.image_path(index)}: a diverged network?')
                 samples.add(sampled_prob, predicted.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy())
@@ -538,7 +538,8 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
             predicted_at = time.time()
             thresholds = exact_thresholds(samples, dataset.info.num_classes, ratio)
             thresholded_at = time.time()
-            spilled = distributed.sum_numbers([store.spilled], dtype=torch.int64)[0]
+            spilled, spill_bytes, memory_bytes = distributed.sum_numbers(
+                [store.spilled, store.spill_size, store.memory_bytes], dtype=torch.int64)
             if spilled:
                 log(f'pseudo-labeling: {spilled} of {len(names)} prediction maps went to disk '
                     f'(raise --label-memory-mb to keep more in memory)')
@@ -553,6 +554,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
         finally:
             store.close()
     labeled, total, quality, bad_truths = written
+    total_samples = distributed.sum_numbers([samples.count], dtype=torch.int64)[0]
     labeled, total = distributed.sum_numbers([labeled, total], dtype=torch.int64)
     quality = distributed.sum_array(quality)
     bad_truths = [reason for part in distributed.gather_objects(bad_truths) for reason in part]
@@ -561,6 +563,8 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
             fsync_path(folder)   # every label's name is on disk before the manifest says complete
     manifest.update(complete=True, finished=time.strftime('%Y-%m-%d %H:%M:%S'),
                     thresholds=thresholds, labeled_share=labeled / max(total, 1),
+                    prediction_cache={'memory_bytes': memory_bytes, 'spilled_maps': spilled,
+                                      'spill_bytes': spill_bytes, 'sampled_pixels': total_samples},
                     seconds={'predict': round(predicted_at - started, 3),
                              'thresholds': round(thresholded_at - predicted_at, 3),
                              'write': round(time.time() - thresholded_at, 3)})

@@ -6,8 +6,11 @@ checkpoint so far survives a crash, a full disk or a kill in the middle of writi
 into one `InputError` line naming the file, since `--continue-from` is user input.
 """
 import argparse
+import errno
 import math
 import os
+import resource
+import shutil
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,7 +96,22 @@ def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, s
     # either the previous checkpoint or this one, never an empty file.
     with guarded_write(path, 'checkpoint'), atomic_path(path, durable=True) as temporary:
         with open(temporary, 'wb') as file:
-            torch.save(payload, file)
+            try:
+                torch.save(payload, file)
+            except RuntimeError as error:
+                # torch's zip writer reports a failed write (full disk, file size limit) as a
+                # RuntimeError about the file position; it is still a failed write.
+                raise OSError(write_problem(path), str(error)) from None
+
+
+def write_problem(path):
+    """errno for a write that failed without one: disk full, or the file size limit."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    if shutil.disk_usage(Path(path).parent).free < 64 * 2 ** 20:
+        return errno.ENOSPC
+    return errno.EIO
 
 
 def state_dict_finite(state):

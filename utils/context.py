@@ -132,8 +132,9 @@ class RunContext:
             return 'BatchNorm (one process)'
         if self.args.sync_bn:
             return f'SyncBatchNorm: statistics over the global batch of {self.args.batch_size}'
-        return (f'BatchNorm per process: statistics over {self.args.batch_size // self.runtime.world_size} '
-                f'images (the original\'s plain BatchNorm; --sync-bn for the global batch)')
+        per_process = self.args.batch_size // self.runtime.world_size
+        return (f'BatchNorm per process: statistics over {per_process} image{"s" if per_process != 1 else ""} '
+                f'(the original\'s plain BatchNorm; --sync-bn for the global batch on GPUs)')
 
     def load_weights(self, model, path, flag='--continue-from'):
         """Load a checkpoint's network into `model`; return the checkpoint (metadata and all)."""

@@ -166,8 +166,10 @@ def run_self_training(context):
     if not saved.get('progress'):
         claim_folder_once(experiment.pseudo_label_dir, experiment.name)   # refused now, not after a round
 
+    # Every list is checked before any work (a bad val label would otherwise surface after a round).
     labeled_set = context.dataset(context.labeled_list, 'gt', 'train')
     unlabeled_set = context.dataset(context.unlabeled_list, 'unlabeled', 'eval')
+    context.dataset(context.val_list, 'gt', 'eval')
     model = context.build_model(initialise_backbone=False)
     start_path = Path(args.continue_from)
     start_checkpoint = context.load_weights(model, start_path)

@@ -30,6 +30,7 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
         restore_state(state, resume)
     if bar is not None and bar[0] is not None and bar[0] > state.best_miou:
         state.best_miou, state.extra['best_scores'] = bar[0], bar[1]
+    hooks = context.loop_hooks(network, best_extra=lambda s: {'phase': phase})   # checks the val list
     context.experiment.log(f'{phase}: {len(dataset)} labeled images ({context.labeled_list}), '
                            f'{epochs} epochs = {total_steps} steps of batch {args.batch_size} over '
                            f'{context.runtime.world_size} process(es), lr {args.lr}, validation every '
@@ -39,7 +40,6 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
         return state
     sampler = EpochBatchSampler(len(dataset), args.batch_size, context.seed(1), start_batch=state.step,
                                 num_batches=total_steps)
-    hooks = context.loop_hooks(network, best_extra=lambda s: {'phase': phase})
     with stop_on_signals() as stop:
         train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.crop_size), DynamicLoss(0.0),
                    context.runtime, hooks, val_every=args.val_num_steps, save_every=args.save_every,

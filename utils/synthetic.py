@@ -103,12 +103,17 @@ def make_sample(rng, height, width):
 
 
 def make_synthetic_voc(root, num_train=240, num_val=60, seed=0, height_range=(88, 96),
-                       width_range=(112, 128), labeled_fraction=8):
-    """Write the set under `root` in the VOC layout and return its ids.
+                       width_range=(112, 128), labeled_fraction=8, num_valtiny=0):
+    """Write the set under `root` in the VOC layout and return (train ids, val ids).
 
     Lists in ImageSets/Segmentation: train.txt, val.txt, and, by the paper's split rule applied to
     this set (see generate_splits.py), <labeled_fraction>_labeled_<i>.txt / _unlabeled_<i>.txt and
     1_labeled_<i>.txt for set ids 0..2.
+
+    `num_valtiny` > 0 adds valtiny.txt: a held-out selection list of its own images
+    (synth_valtiny_XXXX), disjoint from val, for choosing checkpoints (main.py --valtiny) while
+    val is only reported on. They are drawn after the val images from the same generator, so the
+    train and val files are byte for byte those of the same seed without valtiny.
     """
     from generate_splits import make_splits  # the paper's split rule, shared with the real data
 
@@ -120,17 +125,26 @@ def make_synthetic_voc(root, num_train=240, num_val=60, seed=0, height_range=(88
     rng = np.random.default_rng(seed)
     train_ids = [f'synth_train_{i:04d}' for i in range(num_train)]
     val_ids = [f'synth_val_{i:04d}' for i in range(num_val)]
-    for name in train_ids + val_ids:
+    valtiny_ids = [f'synth_valtiny_{i:04d}' for i in range(num_valtiny)]
+    for name in train_ids + val_ids + valtiny_ids:
         height = int(rng.integers(height_range[0], height_range[1] + 1))
         width = int(rng.integers(width_range[0], width_range[1] + 1))
         image, label = make_sample(rng, height, width)
         Image.fromarray(image).save(image_dir / f'{name}.jpg', quality=95)
         Image.fromarray(label).save(label_dir / f'{name}.png')
     lists = {'train.txt': train_ids, 'val.txt': val_ids}
+    if valtiny_ids:
+        lists['valtiny.txt'] = valtiny_ids
     lists.update(make_splits(sorted(train_ids), [labeled_fraction]))
     for file_name, names in lists.items():
         (list_dir / file_name).write_text(''.join(f'{name}\n' for name in names))
-    info = {'seed': seed, 'num_train': num_train, 'num_val': num_val, 'classes': SHAPES,
-            'textures': TEXTURES, 'labeled_fraction': labeled_fraction}
+    if not valtiny_ids:
+        # A valtiny.txt left by an earlier call would name images of another generation, and a
+        # list in the dataset's folder wins over data_splits/: remove it.
+        (list_dir / 'valtiny.txt').unlink(missing_ok=True)
+    info = {'seed': seed, 'num_train': num_train, 'num_val': num_val, 'num_valtiny': num_valtiny,
+            'list_sizes': {file_name: len(lists[file_name])
+                           for file_name in ('train.txt', 'val.txt', 'valtiny.txt') if file_name in lists},
+            'classes': SHAPES, 'textures': TEXTURES, 'labeled_fraction': labeled_fraction}
     (root / 'synthetic.json').write_text(json.dumps(info, indent=1))
     return train_ids, val_ids
