@@ -165,7 +165,7 @@ def build_parser():
                          help='state 0/1: prediction maps kept in memory before spilling to disk')
     outputs.add_argument('--cache-dir', default=None,
                          help='state 0/1: where maps beyond --label-memory-mb are spilled (local disk; '
-                              'VOC 1/106 needs about 10 GB at the default budget); a private folder is '
+                              'VOC 1/106 spilled 5.2 GB at the default budget, 9.8 GB at most); a private folder is '
                               'made in it and removed afterwards. Default logs/<exp-name>')
     outputs.add_argument('--results-file', default=None, help='JSON results; default logs/<exp-name>/results.json')
     outputs.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),

@@ -32,10 +32,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-# data_processing.IGNORE_INDEX, repeated rather than imported: data_processing loads torch, which
-# the figures drawn from results files do not need (the tests check the two agree). Palettes and
-# class names come in as arguments (data_processing.VOC_COLORS, CITY_COLORS, ...).
-IGNORE_INDEX = 255
+from utils.labels import IGNORE_INDEX  # noqa: E402
+
+# Palettes and class names come in as arguments (data_processing.VOC_COLORS, CITY_COLORS, ...).
 
 # Ignored pixels are drawn white: neither the VOC nor the Cityscapes palette uses it (tested).
 IGNORED_COLOR = (255, 255, 255)

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import (REPO_DIR, format_table, load_text, machine_text, max_rss_mb, print_result,
-                    run_in_child)
+from common import (REPO_DIR, current_rss_mb, format_table, load_text, machine_text, max_rss_mb,
+                    phase_peak_mb, print_result, reset_peak_rss, run_in_child)
 from utils import cbc
 from utils.inference import upsample
 from utils.training import Runtime
@@ -206,65 +206,96 @@ def run_original(config, work):
 
 # --- the threshold step alone ------------------------------------------------------------------
 
-def sample_pixels(config):
-    """Sampled (probability, class) pairs of the scale's size, generated in chunks."""
-    count = sum(-(-h * w // 16) for h, w in
-                (config['sizes'][i % len(config['sizes'])] for i in range(config['images'])))
-    rng = np.random.default_rng(0)
-    chunk = 1 << 22
-    for start in range(0, count, chunk):
-        size = min(chunk, count - start)
-        classes = np.where(rng.random(size) < CLASS_SHARE[0], 0,
-                           rng.integers(1, config['classes'], size)).astype(np.uint8)
-        probs = rng.uniform(1.0 / config['classes'], 1.0, size).astype(np.float32)
+def image_samples(config):
+    """Per image, every 16th pixel's (probability, class), generated image by image (seeded)."""
+    for index in range(config['images']):
+        height, width = config['sizes'][index % len(config['sizes'])]
+        count = -(-height * width // 16)
+        rng = np.random.default_rng(index)
+        classes = np.where(rng.random(count) < CLASS_SHARE[0], 0,
+                           rng.integers(1, config['classes'], count)).astype(np.uint8)
+        probs = rng.uniform(1.0 / config['classes'], 1.0, count).astype(np.float32)
         yield probs, classes
 
 
+def threshold_at(values, ratio, select):
+    count = len(values)
+    if ratio >= 1 and count:
+        return float(values.min())
+    if count * ratio < 1:
+        return cbc.EMPTY_CLASS_THRESHOLD
+    return select(values, count - int(count * ratio) - 1)
+
+
+def partition_select(values, position):
+    values.partition(position)   # in place
+    return float(values[position])
+
+
+def sort_select(values, position):
+    values.sort()                # in place, as the original
+    return float(values[position])
+
+
 def run_thresholds(config, method):
+    """Accumulate the samples image by image as the method does, then select the thresholds;
+    seconds and peak RSS of each phase (the peak reset between them)."""
+    classes_count, ratio = config['classes'], 0.2
+    reset_peak_rss()
+    start_rss, started = current_rss_mb(), time.time()
     if method == 'ours':
-        buffer = cbc.SampleBuffer()
-        for probs, classes in sample_pixels(config):
+        buffer = cbc.SampleBuffer(classes_count)
+        for probs, classes in image_samples(config):
             buffer.add(probs, classes)
-        baseline = max_rss_mb()
-        started = time.time()
-        thresholds = cbc.exact_thresholds(buffer, config['classes'], 0.2)
-        return {'seconds': time.time() - started, 'extra_mb': max_rss_mb() - baseline,
-                'samples': buffer.count, 'thresholds': thresholds}
-    # The other two start from per-class arrays (partition) or grow them as the original did.
-    per_class = [[] for _ in range(config['classes'])]
-    grown = [np.zeros(0, dtype=np.float32) for _ in range(config['classes'])]
-    for probs, classes in sample_pixels(config):
-        for class_index in range(config['classes']):
-            if method == 'partition':
-                per_class[class_index].append(probs[classes == class_index])
-            else:
-                grown[class_index] = np.concatenate([grown[class_index], probs[classes == class_index]])
-    if method == 'partition':
-        grown = [np.concatenate(parts) for parts in per_class]
-        per_class = None
-    baseline = max_rss_mb()
-    started = time.time()
-    thresholds = []
-    for values in grown:
-        count = len(values)
-        if count * 0.2 < 1:
-            thresholds.append(cbc.EMPTY_CLASS_THRESHOLD)
-            continue
-        position = count - int(count * 0.2) - 1
-        if method == 'partition':
-            values.partition(position)   # in place
-            thresholds.append(float(values[position]))
-        else:
-            thresholds.append(float(np.sort(values)[position]))
-    return {'seconds': time.time() - started, 'extra_mb': max_rss_mb() - baseline,
-            'samples': sum(len(v) for v in grown), 'thresholds': thresholds}
+        samples = buffer.count
+    elif method == 'partition':
+        # The floor: the samples kept as they come, then each class's values selected in place.
+        parts = [(probs, classes) for probs, classes in image_samples(config)]
+        all_probs = np.concatenate([p for p, _ in parts])
+        all_classes = np.concatenate([c for _, c in parts])
+        del parts
+        samples = len(all_probs)
+    else:
+        # The original: a buffer grown by torch.cat per image, moved into per-class numpy arrays
+        # grown by np.concatenate whenever it exceeds 100 MB / 12 bytes a pixel.
+        limit = 100 * 1024 * 1024 / 12
+        buffer_labels = torch.tensor([], dtype=torch.int64)
+        buffer_probs = torch.tensor([], dtype=torch.float32)
+        per_class = [np.array([], dtype=np.float32) for _ in range(classes_count)]
+        for probs, classes in image_samples(config):
+            buffer_labels = torch.cat([buffer_labels, torch.from_numpy(classes).long()])
+            buffer_probs = torch.cat([buffer_probs, torch.from_numpy(probs)])
+            if buffer_probs.shape[0] > limit:
+                for class_index in range(classes_count):
+                    per_class[class_index] = np.concatenate(
+                        (per_class[class_index], buffer_probs[buffer_labels == class_index].numpy()))
+                buffer_labels = torch.tensor([], dtype=torch.int64)
+                buffer_probs = torch.tensor([], dtype=torch.float32)
+        for class_index in range(classes_count):
+            per_class[class_index] = np.concatenate(
+                (per_class[class_index], buffer_probs[buffer_labels == class_index].numpy()))
+        del buffer_labels, buffer_probs
+        samples = sum(len(values) for values in per_class)
+    accumulated, accumulate_peak = time.time(), phase_peak_mb()
+    held = current_rss_mb()
+    reset_peak_rss()
+    if method == 'ours':
+        thresholds = cbc.exact_thresholds(buffer, classes_count, ratio)
+    elif method == 'partition':
+        thresholds = [threshold_at(all_probs[all_classes == c], ratio, partition_select)
+                      for c in range(classes_count)]
+    else:
+        thresholds = [threshold_at(values, ratio, sort_select) for values in per_class]
+    selected = time.time()
+    return {'samples': samples, 'accumulate_s': accumulated - started, 'select_s': selected - accumulated,
+            'held_mb': held - start_rss, 'accumulate_peak_mb': accumulate_peak - start_rss,
+            'select_extra_mb': phase_peak_mb() - held, 'thresholds': thresholds}
 
 
 # --- main.py RSS against the number of images --------------------------------------------------
 
 def cli_runs(args):
     from utils.synthetic import make_synthetic_voc
-    import data_processing as dp
     from models import deeplab_v2
     from utils.checkpoints import save_checkpoint
 
@@ -294,13 +325,13 @@ def cli_runs(args):
             raise SystemExit(f'main.py failed: {process.stderr.read()[-2000:]}')
         manifest = json.loads((work / 'logs' / f'n{count}' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
         peaks[count] = usage.ru_maxrss / 1024
-        samples_mb = manifest['prediction_cache']['sampled_pixels'] * 5 / 2 ** 20
+        samples_mb = manifest['prediction_cache']["sampled_pixels"] * 4 / 2 ** 20
         rows.append([f'{count} images', f'{time.time() - started:.0f}', f'{peaks[count]:.0f}',
                      manifest['prediction_cache']['spilled_maps'], f'{samples_mb:.1f}'])
     print(format_table(rows, ['main.py --state 0, 240x320, budget 8 MB', 'wall s', 'peak RSS MB',
                               'maps spilled', 'samples MB']))
     extra_samples = (json.loads((work / 'logs' / 'n2000' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
-                     ['prediction_cache']['sampled_pixels'] * 5 / 2 ** 20)
+                     ['prediction_cache']["sampled_pixels"] * 4 / 2 ** 20)
     print(f'difference in peak RSS: {peaks[2000] - peaks[200]:.0f} MB for 1,800 more maps '
           f'({1800 * 240 * 320 * 5 / 2 ** 20:.0f} MB of maps, {extra_samples:.1f} MB of samples in all)')
     if not args.work_dir:
@@ -365,8 +396,8 @@ def report_labeling(args, dataset):
     cache = ours['cache']
     print(f'ours: {cache["memory_bytes"] / 2 ** 20:.0f} MB of maps in memory, {cache["spilled_maps"]} maps '
           f'spilled ({cache["spill_bytes"] / 2 ** 30:.2f} GB), {cache["sampled_pixels"] / 1e6:.1f} M sampled '
-          f'pixels ({cache["sampled_pixels"] * 5 / 2 ** 20:.0f} MB); growth allowed by the budget + samples '
-          f'+ 1 GB: {config["memory_mb"] + cache["sampled_pixels"] * 5 / 2 ** 20 + 1024:.0f} MB')
+          f'pixels ({cache["sampled_pixels"] * 4 / 2 ** 20:.0f} MB); growth allowed by the budget + samples '
+          f'+ 1 GB: {config["memory_mb"] + cache["sampled_pixels"] * 4 / 2 ** 20 + 1024:.0f} MB')
     if original:
         same = ours['thresholds'] == original['thresholds']
         differing = labels_equal(work / 'ours', work / 'original')
@@ -378,17 +409,24 @@ def report_labeling(args, dataset):
 
 def report_thresholds(args, dataset):
     config = config_for(args, dataset)
-    rows, results = [], {}
-    for method in ('ours', 'partition', 'original'):
-        results[method] = measure(f'thresholds-{method}', args, config, '.')
-    for method, title in (('ours', 'ours: two histogram passes'), ('partition', 'per-class np.partition in place'),
-                          ('original', 'original: grown arrays, np.sort')):
-        result = results[method]
-        rows.append([title, f'{result["seconds"]:.2f}', f'{result["extra_mb"]:.0f}',
-                     f'{results["original"]["seconds"] / result["seconds"]:.1f}x'])
-    print(f'\n{dataset} thresholds over {results["ours"]["samples"] / 1e6:.1f} M sampled pixels '
-          f'(identical: {results["ours"]["thresholds"] == results["partition"]["thresholds"] == results["original"]["thresholds"]})')
-    print(format_table(rows, ['threshold step', 'seconds', 'extra RSS MB', 'vs original']))
+    results = {method: measure(f'thresholds-{method}', args, config, '.')
+               for method in ('ours', 'partition', 'original')}
+    titles = {'ours': 'ours: SampleBuffer, two histogram passes',
+              'partition': 'floor: kept as they come, np.partition per class',
+              'original': 'original: torch.cat buffer, concatenated classes, sort'}
+    rows = []
+    total = {method: result['accumulate_s'] + result['select_s'] for method, result in results.items()}
+    for method, result in results.items():
+        rows.append([titles[method], f'{result["accumulate_s"]:.1f}', f'{result["select_s"]:.2f}',
+                     f'{total[method]:.1f}', f'{total["original"] / total[method]:.1f}x',
+                     f'{total[method] / total["partition"]:.2f}x',
+                     f'{result["held_mb"]:.0f}', f'{result["accumulate_peak_mb"]:.0f}',
+                     f'{result["select_extra_mb"]:.0f}'])
+    same = results['ours']['thresholds'] == results['partition']['thresholds'] == results['original']['thresholds']
+    print(f'\n{dataset} thresholds over {results["ours"]["samples"] / 1e6:.1f} M sampled pixels of '
+          f'{config["images"]} images (thresholds identical: {same})')
+    print(format_table(rows, ['threshold step', 'gather s', 'select s', 'total s', 'faster than original',
+                              'time vs floor', 'samples held MB', 'gather peak MB', 'select extra MB']))
 
 
 def main(argv=None):

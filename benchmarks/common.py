@@ -32,6 +32,29 @@ def max_rss_mb():
     return peak / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10)
 
 
+def status_mb(field):
+    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss():
+    """Reset the process's peak RSS (VmHWM) to its current RSS, so that the peak of one phase can
+    be read on its own (Linux: /proc/self/clear_refs)."""
+    Path('/proc/self/clear_refs').write_text('5')
+
+
+def phase_peak_mb():
+    """Peak RSS since the last reset_peak_rss (VmHWM), in MB."""
+    return status_mb('VmHWM')
+
+
+def current_rss_mb():
+    return status_mb('VmRSS')
+
+
 def cpu_seconds():
     """User + system CPU time of this process so far (all its threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

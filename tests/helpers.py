@@ -49,3 +49,25 @@ def build_city_tree(root, entries, raw_labels, image_size=(512, 1024), seed=0):
         Image.fromarray(pixels).save(image_dir / f'{name}_leftImg8bit.png')
         Image.fromarray(np.asarray(raw, dtype=np.uint8)).save(label_dir / f'{name}_gtFine_labelIds.png')
     return root
+
+
+def confident_checkpoint(path, num_classes=21, weight_scale=30.0, bias_scale=2.0, architecture=None):
+    """Save a random resnet14 DeepLabV2 whose head is sharpened (weights scaled up, random biases),
+    so that its predictions spread over many classes with spread-out confidences, as a trained
+    network's do; returns the model in eval mode."""
+    import torch
+
+    from models import deeplab_v2
+    from utils.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    model = deeplab_v2(num_classes, backbone='resnet14')
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for conv in model.classifier[0].convs:
+            conv.weight.mul_(weight_scale)
+            if bias_scale:
+                conv.bias.copy_(torch.randn(num_classes, generator=generator) * bias_scale)
+    extra = {'architecture': architecture} if architecture else None
+    save_checkpoint(path, model, num_classes=num_classes, extra=extra)
+    return model.eval()

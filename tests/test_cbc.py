@@ -25,13 +25,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data_processing
+from helpers import confident_checkpoint
 import utils.cbc
 from models import deeplab_v2
-from utils.checkpoints import save_checkpoint
 from utils.errors import InputError, OutputError
 from utils.files import FolderLock
 from utils.synthetic import make_synthetic_voc
 from utils.training import Runtime, make_loader
+
+# Its tests share one costly module fixture: one xdist worker runs them all (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('cbc')
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / 'main.py'
@@ -173,15 +176,8 @@ def setup(tmp_path_factory, one_thread):
     make_synthetic_voc(root, num_train=24, num_val=6, seed=3)
     names = read_names(root)
 
-    torch.manual_seed(0)
-    model = deeplab_v2(NUM_CLASSES, backbone='resnet14')
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # larger weights and random biases: many classes, spread confidences
-        for conv in model.classifier[0].convs:
-            conv.weight.mul_(30.0)
-            conv.bias.copy_(torch.randn(NUM_CLASSES, generator=generator) * 2.0)
     checkpoint = work / 'ckpt.pt'
-    save_checkpoint(checkpoint, model, num_classes=NUM_CLASSES)
+    confident_checkpoint(checkpoint, NUM_CLASSES)
 
     reference_model = load_reference_model(checkpoint)
     maps = reference_maps(reference_model, root, names)

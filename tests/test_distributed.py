@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from helpers import write_list
-from models import deeplab_v2
-from utils.checkpoints import load_checkpoint, save_checkpoint
+from helpers import confident_checkpoint
+from utils.checkpoints import load_checkpoint
 from utils.synthetic import make_synthetic_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,15 +77,7 @@ def work(tmp_path_factory):
     """Synthetic data (an odd number of val images: uneven shares) and a trained-looking start."""
     work = tmp_path_factory.mktemp('ddp')
     make_synthetic_voc(work / 'voc', num_train=24, num_val=7, seed=2)
-    torch.manual_seed(0)
-    model = deeplab_v2(21, backbone='resnet14')
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # spread confidences over many classes
-        for conv in model.classifier[0].convs:
-            conv.weight.mul_(30.0)
-            conv.bias.copy_(torch.randn(21, generator=generator) * 2.0)
-    save_checkpoint(work / 'start.pt', model, num_classes=21,
-                    extra={'architecture': {'backbone': 'resnet14', 'head_branches': 2}})
+    confident_checkpoint(work / 'start.pt', architecture={'backbone': 'resnet14', 'head_branches': 2})
     return work
 
 
@@ -203,18 +193,66 @@ def test_a_bad_label_on_one_rank_stops_both_with_one_line(work, tmp_path):
     assert 'reported by rank 1' in lines[0]
 
 
-def test_a_stop_on_one_rank_stops_both_and_saves(work):
-    args = [*COMMON, '--state', 2, '--exp-name', 'stopped', '--continue-from', 'start.pt', '--batch-size', 2,
+def long_training(work, name):
+    """Two processes training for long, returned once their steps have begun."""
+    args = [*COMMON, '--state', 2, '--exp-name', name, '--continue-from', 'start.pt', '--batch-size', 2,
             '--split', '1', '--init-epochs', 50, '--val-num-steps', 1000, '--save-every', 0, *data(work)]
     started = start(work, 2, args)
-    log = work / 'logs' / 'stopped' / 'run.log'
+    log = work / 'logs' / name / 'run.log'
     deadline = time.time() + 300
     while time.time() < deadline and (not log.exists() or 'supervised:' not in log.read_text()):
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(2)
+    return started
+
+
+def test_a_stop_on_one_rank_stops_both_and_saves(work):
+    started = long_training(work, 'stopped')
     started[1].send_signal(signal.SIGINT)   # only rank 1 is told
     outputs = finish(started)
     for code, _, stderr in outputs:
         assert code == 130, stderr
     assert 'stopped: SIGINT' in outputs[1][2] and '--resume' in outputs[0][2]
     assert (work / 'logs' / 'stopped' / 'last.pt').exists()
+
+
+def test_a_lost_rank_is_one_line_on_the_others(work):
+    """kill -9 of one process mid-run: the other does not hang, it stops with one line (a peer
+    that disappears breaks the connection at once; a silent one trips --dist-timeout)."""
+    started = long_training(work, 'lost')
+    started[1].send_signal(signal.SIGKILL)
+    began = time.time()
+    code, _, stderr = finish(started)[0]
+    assert time.time() - began < 90
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 5 and len(lines) == 1 and 'lost contact with another process' in lines[0], stderr[-3000:]
+
+
+def test_torchrun_itself_launches_main(work):
+    """The launcher users type: torchrun (here as python -m torch.distributed.run) with the same
+    flags; evaluation gives the single-process scores."""
+    args = ['--state', 3, '--exp-name', 'torchrun', '--continue-from', 'start.pt', '--batch-size', 2,
+            *COMMON, *data(work)]
+    completed = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                                '--master_port', str(free_port()), str(MAIN), *map(str, args)],
+                               cwd=work, capture_output=True, text=True, timeout=600,
+                               env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    launched = json.loads((work / 'logs' / 'torchrun' / 'results.json').read_text())
+    single = work / 'logs' / 'eval1' / 'results.json'
+    if not single.exists():
+        run(work, 1, ['--exp-name', 'eval1', '--batch-size', 1, '--state', 3, '--continue-from', 'start.pt',
+                      *COMMON, *data(work)])
+    assert launched['world_size'] == 2
+    assert launched['confusion_matrix'] == json.loads(single.read_text())['confusion_matrix']
+
+
+def test_self_training_rounds_with_a_warm_up_on_two_processes(work):
+    """Warm-up and two rounds in one process group (one DDP wrapper trains them all)."""
+    args = [*COMMON, '--state', 1, '--exp-name', 'rounds', '--continue-from', 'start.pt', '--batch-size', 4,
+            '--iters', 2, '--st-epochs', 1, 1, '--init-epochs', 1, '--val-num-steps', 1000, *data(work)]
+    run(work, 2, args)
+    results = json.loads((work / 'logs' / 'rounds' / 'results.json').read_text())
+    assert [r['round'] for r in results['rounds']] == [1, 2] and results['world_size'] == 2
+    manifest = json.loads((work / 'logs' / 'rounds' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
+    assert manifest['complete'] is True and manifest['ratio'] == 0.4

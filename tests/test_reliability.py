@@ -278,7 +278,7 @@ def test_head_layout_comes_from_the_checkpoint_or_is_refused(root, tmp_path):
     adopted = cli(tmp_path, '--state', 3, '--exp-name', 'adopted', '--continue-from', four, '--data-root', root,
                   *TINY, '--workers', 0)
     assert 'from the checkpoint: head_branches' in adopted.stdout and '4-branch head' in adopted.stdout
-    explicit = cli(tmp_path, '--state', 3, '--exp-name', 'explicit', '--continue-from', four, '--data-root',
+    cli(tmp_path, '--state', 3, '--exp-name', 'explicit', '--continue-from', four, '--data-root',
                    root, *TINY, '--workers', 0, '--head-branches', 4)
     assert results(tmp_path, 'adopted')['miou'] == results(tmp_path, 'explicit')['miou']
     refused = cli(tmp_path, '--state', 3, '--exp-name', 'wrong', '--continue-from', four, '--data-root', root,
@@ -443,3 +443,17 @@ def test_mixed_precision_training_on_cpu_is_close_to_float32():
     assert len(losses['fp32']) == 3
     for full, half in zip(losses['fp32'], losses['bf16']):
         assert half == pytest.approx(full, rel=0.02)
+
+
+def test_batches_that_do_not_divide_over_the_processes_are_refused():
+    args = main.parse_args(['--state', '2', '--batch-size', '6'])
+    main.check_batch_split(args, 2, torch.device('cpu'))   # 3 per process: fine
+    with pytest.raises(InputError, match='--batch-size 6 is the global batch and does not divide over 4'):
+        main.check_batch_split(args, 4, torch.device('cpu'))
+    args = main.parse_args(['--state', '2', '--batch-size', '8', '--sync-bn'])
+    with pytest.raises(InputError, match='--sync-bn needs CUDA'):
+        main.check_batch_split(args, 2, torch.device('cpu'))
+    from utils.self_training import check_flags
+    args = main.parse_args(['--state', '1', '--batch-size', '6'])
+    with pytest.raises(InputError, match='halves'):
+        check_flags(args, 2)   # 3 pseudo-labeled + 3 labeled do not split over 2

@@ -8,7 +8,8 @@ class at the image's own size, and every 16th pixel for the thresholds; the labe
 written from what was kept.
 
 Memory. Nothing per image outlives the image in RAM except inside two fixed structures:
-- `SampleBuffer` copies the sampled pixels into fixed-size chunks (no view of a map survives);
+- `SampleBuffer` copies the sampled pixels into fixed-size chunks per class (4 bytes a sample;
+  no view of a map survives);
 - `PredictionStore` copies each map into an arena of large blocks, up to --label-memory-mb, and
   appends the rest to one spill file in a private cache folder (--cache-dir, local disk).
 So the process holds the budget, the samples and a constant, whatever the number of images.
@@ -58,59 +59,69 @@ HALF_BITS = 16
 # --- the sampled pixels and the exact thresholds ---------------------------------------------
 
 class SampleBuffer:
-    """Sampled (probability, class) pairs in fixed-size chunks: probabilities as their float32
-    bit patterns (uint32), classes as uint8. `add` copies, so nothing here refers to a map."""
+    """The sampled probabilities, kept per class (the class is implicit: 4 bytes a sample) as their
+    float32 bit patterns, in fixed-size chunks. `add` copies, so nothing here refers to a map."""
 
-    def __init__(self, chunk_size=1 << 20):
+    def __init__(self, num_classes, chunk_size=1 << 18):
+        self.num_classes = num_classes
         self.chunk_size = chunk_size
-        self.bits = []
-        self.classes = []
-        self.filled = 0   # entries used in the last chunk
+        self.chunks = [[] for _ in range(num_classes)]
+        self.filled = [0] * num_classes   # entries used in each class's last chunk
         self.count = 0
 
     def add(self, probabilities, classes):
         """Append 1-D float32 probabilities (any strides) and their classes."""
-        probabilities = np.asarray(probabilities, dtype=np.float32)
+        bits = np.ascontiguousarray(probabilities, dtype=np.float32).view(np.uint32)
         classes = np.asarray(classes, dtype=np.uint8)
+        order = np.argsort(classes, kind='stable')   # a radix sort for uint8: groups by class
+        ends = np.cumsum(np.bincount(classes, minlength=self.num_classes))
+        grouped = bits[order]
         start = 0
-        while start < len(probabilities):
-            if not self.bits or self.filled == self.chunk_size:
-                self.bits.append(np.empty(self.chunk_size, dtype=np.uint32))
-                self.classes.append(np.empty(self.chunk_size, dtype=np.uint8))
-                self.filled = 0
-            take = min(self.chunk_size - self.filled, len(probabilities) - start)
-            self.bits[-1][self.filled:self.filled + take] = probabilities[start:start + take].view(np.uint32)
-            self.classes[-1][self.filled:self.filled + take] = classes[start:start + take]
-            self.filled += take
-            self.count += take
+        for class_index, end in enumerate(ends.tolist()):
+            if end > start:
+                self._append(class_index, grouped[start:end])
+            start = end
+        self.count += len(bits)
+
+    def _append(self, class_index, values):
+        chunks = self.chunks[class_index]
+        start = 0
+        while start < len(values):
+            if not chunks or self.filled[class_index] == self.chunk_size:
+                chunks.append(np.empty(self.chunk_size, dtype=np.uint32))
+                self.filled[class_index] = 0
+            used = self.filled[class_index]
+            take = min(self.chunk_size - used, len(values) - start)
+            chunks[-1][used:used + take] = values[start:start + take]
+            self.filled[class_index] += take
             start += take
 
-    def chunks(self):
-        """(bits, classes) of every chunk, the last one cut to what is filled."""
-        for number, (bits, classes) in enumerate(zip(self.bits, self.classes)):
-            used = self.filled if number == len(self.bits) - 1 else self.chunk_size
-            yield bits[:used], classes[:used]
+    def class_chunks(self, class_index):
+        """The bit patterns of one class, chunk by chunk, the last one cut to what is filled."""
+        chunks = self.chunks[class_index]
+        for number, chunk in enumerate(chunks):
+            yield chunk[:self.filled[class_index]] if number == len(chunks) - 1 else chunk
 
     @property
     def nbytes(self):
-        return sum(b.nbytes + c.nbytes for b, c in zip(self.bits, self.classes))
+        return sum(chunk.nbytes for chunks in self.chunks for chunk in chunks)
 
 
-def class_histograms(buffer, num_classes, select=None):
+def class_histograms(buffer, select=None):
     """Per class, a histogram of the high 16 bits of its probabilities; with `select` (a bucket
     per class, -1 for none), of the low 16 bits of those in that class's bucket. Summed over all
     processes."""
     bins = 1 << HALF_BITS
-    total = np.zeros(num_classes * bins, dtype=np.int64)
-    for bits, classes in buffer.chunks():
-        high = bits >> HALF_BITS
-        if select is None:
-            keys = classes.astype(np.int64) * bins + high
-        else:
-            chosen = high == select[classes]
-            keys = classes[chosen].astype(np.int64) * bins + (bits[chosen] & (bins - 1))
-        total += np.bincount(keys, minlength=num_classes * bins)[:num_classes * bins]
-    return distributed.sum_array(total).reshape(num_classes, bins)
+    total = np.zeros((buffer.num_classes, bins), dtype=np.int64)
+    for class_index in range(buffer.num_classes):
+        bucket = -1 if select is None else int(select[class_index])
+        if select is not None and bucket < 0:
+            continue
+        for chunk in buffer.class_chunks(class_index):
+            high = chunk >> HALF_BITS
+            values = high if select is None else (chunk[high == bucket] & (bins - 1))
+            total[class_index] += np.bincount(values, minlength=bins)
+    return distributed.sum_array(total)
 
 
 def exact_thresholds(buffer, num_classes, ratio):
@@ -120,7 +131,7 @@ def exact_thresholds(buffer, num_classes, ratio):
     ratio >= 1 -> the smallest; count * ratio < 1 -> 1e-5; else the value at position
     [-int(count * ratio) - 1], so about the top `ratio` share of each class survives.
     """
-    high_histograms = class_histograms(buffer, num_classes)
+    high_histograms = class_histograms(buffer)
     counts = high_histograms.sum(axis=1)
     positions = []
     for count in counts.tolist():
@@ -130,7 +141,7 @@ def exact_thresholds(buffer, num_classes, ratio):
             positions.append(None)
         else:
             positions.append(count - int(count * ratio) - 1)
-    select = np.full(256, -1, dtype=np.int64)   # indexed by class (uint8)
+    select = np.full(num_classes, -1, dtype=np.int64)
     remaining = [None] * num_classes
     for class_index, position in enumerate(positions):
         if position is not None:
@@ -138,7 +149,7 @@ def exact_thresholds(buffer, num_classes, ratio):
             bucket = int(np.searchsorted(cumulative, position, side='right'))
             select[class_index] = bucket
             remaining[class_index] = position - (int(cumulative[bucket - 1]) if bucket else 0)
-    low_histograms = class_histograms(buffer, num_classes, select=select)
+    low_histograms = class_histograms(buffer, select=select)
     thresholds = []
     for class_index, position in enumerate(positions):
         if position is None:
@@ -153,7 +164,7 @@ def exact_thresholds(buffer, num_classes, ratio):
 
 def class_thresholds(sample_probs, sample_classes, num_classes, ratio):
     """The thresholds of `exact_thresholds` from two 1-D arrays (tensors or numpy)."""
-    buffer = SampleBuffer()
+    buffer = SampleBuffer(num_classes)
     buffer.add(np.asarray(sample_probs, dtype=np.float32).reshape(-1),
                np.asarray(sample_classes).reshape(-1).astype(np.uint8))
     return exact_thresholds(buffer, num_classes, ratio)
@@ -528,7 +539,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     write_manifest(folder, manifest)
     started = time.time()
     indices = distributed.shard(range(len(names)))
-    samples = SampleBuffer()
+    samples = SampleBuffer(dataset.info.num_classes)
     with PredictionCache(cache_root or folder.parent) as cache:
         for stale in cache.removed:
             log(f'removed {stale}, a prediction cache left by a killed run')

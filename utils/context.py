@@ -5,7 +5,7 @@ The states (supervised.py, self_training.py, pseudo_labeling.py, evaluation.py) 
 in one place.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,8 @@ class RunContext:
     experiment: Experiment
     settings: dict               # JSON-ready flags and resolved values, saved with every checkpoint
     architecture: dict           # backbone and head layout of the network this run uses
+    # id(network) -> (network, its SyncBatchNorm form, its DDP wrapper); see for_training
+    training_wrappers: dict = field(default_factory=dict, repr=False)
 
     # --- lists and datasets ------------------------------------------------------------------
     @property
@@ -120,10 +122,17 @@ class RunContext:
 
     def for_training(self, model):
         """(network, what the step calls): with several processes, BatchNorm becomes
-        SyncBatchNorm under --sync-bn, and the step goes through DistributedDataParallel."""
-        if self.runtime.world_size > 1 and self.args.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model, self.runtime.parallel(model)
+        SyncBatchNorm under --sync-bn, and the step goes through DistributedDataParallel. Made
+        once per network and reused (a warm-up and every round train the same one), since DDP
+        hooks itself into the parameters it wraps."""
+        cache = self.training_wrappers
+        if id(model) not in cache:
+            network = model
+            if self.runtime.world_size > 1 and self.args.sync_bn:
+                network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            cache[id(model)] = (model, network, self.runtime.parallel(network))
+        _, network, step_model = cache[id(model)]
+        return network, step_model
 
     def batch_norm_text(self):
         if self.args.frozen_bn:

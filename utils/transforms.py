@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-IGNORE_INDEX = 255
+from utils.labels import IGNORE_INDEX  # noqa: F401  (re-exported)
 
 
 class Compose:
