@@ -33,9 +33,6 @@ from utils.files import FolderLock
 from utils.synthetic import make_synthetic_voc
 from utils.training import Runtime, make_loader
 
-# Its tests share one costly module fixture: one xdist worker runs them all (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group('cbc')
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / 'main.py'
 NUM_CLASSES = 21

@@ -15,9 +15,6 @@ import visualize
 from visualize import (DPI, FIGURE_TITLE_SPACE, IGNORED_COLOR, MARGIN, PANEL_GAP, PANEL_TITLE_SPACE,
                        PANEL_WIDTH, ROW_GAP, ROW_NAME_SPACE)
 
-# Its tests share one costly module fixture: one xdist worker runs them all (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group('demo')
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOC_PALETTE = {tuple(int(value) for value in color) for color in VOC_COLORS}
 LEGEND_WIDTH = PANEL_GAP + visualize.LEGEND_COLUMN_WIDTH     # one legend column after a gap
