@@ -1,8 +1,7 @@
 """Shared fixtures: where the repository and the read-only `../shared` folder are.
 
-The suite runs in two pytest-xdist workers (the README's command), a test file per worker at a
-time so that module fixtures are built once, on a 2-core machine; most tests start main.py
-processes. One thread per process keeps the two workers from oversubscribing
+The suite runs in two pytest-xdist workers (the README's command) on a 2-core machine, and most
+tests start main.py processes. One thread per process keeps the two workers from oversubscribing
 the cores: two OpenMP threads per process, two processes at once, made forward passes many times
 slower there. Set before torch is imported anywhere, and inherited by every child process."""
 import os
