@@ -39,7 +39,7 @@ def results(work, name):
     return json.loads((work / 'logs' / name / 'results.json').read_text())
 
 
-def test_quick_demo_selects_on_valtiny_and_reports_on_val(quick_demo):
+def check_selects_on_valtiny_and_reports_on_val(quick_demo):
     stdout, work, data = quick_demo['stdout'], quick_demo['work'], quick_demo['data']
     commands = [line for line in stdout.splitlines() if line.startswith('$ python main.py')]
     assert [line.split('--state ')[1][0] for line in commands] == ['2', '1', '1', '3', '3']
@@ -109,7 +109,7 @@ def differ(first, second):
     return np.abs(first[:rows, :columns] - second[:rows, :columns]).mean()
 
 
-def test_quick_demo_draws_its_pictures(quick_demo):
+def check_draws_its_pictures(quick_demo):
     work, data, summary = quick_demo['work'], quick_demo['data'], quick_demo['summary']
     pictures = {key: Path(path) for key, path in summary['pictures'].items()}
     assert set(pictures) == {'val_panels', 'pseudo_label_panels', 'rounds', 'class_iou', 'confusion'}
@@ -180,6 +180,12 @@ def test_quick_demo_draws_its_pictures(quick_demo):
     for key in ('rounds', 'class_iou', 'confusion'):
         pixels = read_png(pictures[key])
         assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+
+
+def test_quick_demo(quick_demo):
+    """One test for the one quick run, so that parallel test workers never run the demo twice."""
+    check_selects_on_valtiny_and_reports_on_val(quick_demo)
+    check_draws_its_pictures(quick_demo)
 
 
 def test_the_readme_describes_the_demo_settings():
