@@ -280,7 +280,7 @@ def run_thresholds(config, method):
     held = current_rss_mb()
     reset_peak_rss()
     if method == 'ours':
-        thresholds = cbc.exact_thresholds(buffer, classes_count, ratio)
+        thresholds = cbc.exact_thresholds(buffer, ratio)
     elif method == 'partition':
         thresholds = [threshold_at(all_probs[all_classes == c], ratio, partition_select)
                       for c in range(classes_count)]

@@ -124,13 +124,14 @@ def class_histograms(buffer, select=None):
     return distributed.sum_array(total)
 
 
-def exact_thresholds(buffer, num_classes, ratio):
+def exact_thresholds(buffer, ratio):
     """Per class c, the confidence above which a pixel predicted c keeps its label.
 
     From the ascending max probabilities of the sampled pixels predicted c (count of them):
     ratio >= 1 -> the smallest; count * ratio < 1 -> 1e-5; else the value at position
     [-int(count * ratio) - 1], so about the top `ratio` share of each class survives.
     """
+    num_classes = buffer.num_classes
     high_histograms = class_histograms(buffer)
     counts = high_histograms.sum(axis=1)
     positions = []
@@ -167,7 +168,7 @@ def class_thresholds(sample_probs, sample_classes, num_classes, ratio):
     buffer = SampleBuffer(num_classes)
     buffer.add(np.asarray(sample_probs, dtype=np.float32).reshape(-1),
                np.asarray(sample_classes).reshape(-1).astype(np.uint8))
-    return exact_thresholds(buffer, num_classes, ratio)
+    return exact_thresholds(buffer, ratio)
 
 
 def apply_thresholds(max_prob, predicted, thresholds):
@@ -547,7 +548,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
         try:
             predict_unlabeled(model, loader, runtime, store, samples)
             predicted_at = time.time()
-            thresholds = exact_thresholds(samples, dataset.info.num_classes, ratio)
+            thresholds = exact_thresholds(samples, ratio)
             thresholded_at = time.time()
             spilled, spill_bytes, memory_bytes = distributed.sum_numbers(
                 [store.spilled, store.spill_size, store.memory_bytes], dtype=torch.int64)
