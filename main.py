@@ -19,7 +19,9 @@ from utils import distributed
 from utils.context import RunContext, resolve_architecture, torch_versions
 from utils.errors import InputError, PeerFailure, RunError, one_line
 from utils.evaluation import run_evaluation
-from utils.experiment import Experiment, autocast_dtype, choose_device, describe_precision
+from utils.device import configure_backends, use_channels_last
+from utils.experiment import (AUTOCAST_DTYPES, Experiment, choose_device, describe_precision,
+                              resolve_precision)
 from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.supervised import run_supervised
@@ -113,7 +115,13 @@ def build_parser():
     model.add_argument('--from-scratch', action='store_true',
                        help='no ImageNet weights for the backbone when no checkpoint is given')
     model.add_argument('--mixed-precision', action='store_true',
-                       help='torch.autocast: float16 on CUDA, bfloat16 on CPU')
+                       help='the original\'s flag: torch.autocast with float16 and loss scaling on CUDA; on a CPU '
+                            'bfloat16 where native, else float32')
+    model.add_argument('--precision', choices=sorted(AUTOCAST_DTYPES), default=None,
+                       help='fp32, fp16 (autocast, loss scaling) or bf16 (autocast, no loss scaling: the '
+                            'fast choice on A100/H100/H200). Default: what --mixed-precision says')
+    model.add_argument('--channels-last', choices=('auto', 'yes', 'no'), default='auto',
+                       help='channels-last memory layout for the network; auto: on CUDA under fp16/bf16')
     model.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ...; default: cuda if present '
                        '(under torchrun: cuda:<local rank>)')
     model.add_argument('--sync-bn', action='store_true',
@@ -247,23 +255,32 @@ def build_context(args, argv, runtime):
     architecture, adopted = resolve_architecture(args, weights)
     settings = dict(vars(args), **architecture)
     settings.update(data_root_resolved=str(root), device=str(runtime.device), world_size=runtime.world_size,
-                    precision=describe_precision(runtime.amp_dtype, args.mixed_precision),
+                    precision=runtime.precision, channels_last=runtime.channels_last,
+                    precision_text=describe_precision(runtime.precision, args.mixed_precision, runtime.device),
                     versions=torch_versions(),
                     command=shlex.join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])))
     experiment.save_settings(settings)
     experiment.log(f'{settings["command"]}')
     experiment.log(f'state {args.state} on {info.title} at {root}; {runtime.device} x {runtime.world_size} '
-                   f'process(es), {settings["precision"]}; {architecture["backbone"]}, '
+                   f'process(es), {settings["precision_text"]}; {architecture["backbone"]}, '
                    f'{architecture["head_branches"]}-branch head'
                    + (f' (from the checkpoint: {", ".join(adopted)})' if adopted else ''))
     return RunContext(args=args, info=info, root=root, runtime=runtime, experiment=experiment,
                       settings=settings, architecture=architecture)
 
 
+def build_runtime(args, device):
+    precision = resolve_precision(args.precision, args.mixed_precision, device)
+    amp_dtype = AUTOCAST_DTYPES[precision]
+    channels_last = {'yes': True, 'no': False}.get(args.channels_last, use_channels_last(device, amp_dtype))
+    return Runtime(device=device, amp_dtype=amp_dtype, workers=args.workers, rank=distributed.rank(),
+                   world_size=distributed.world_size(), channels_last=channels_last)
+
+
 def run(args, argv):
     device = distributed.init(choose_device(args.device), args.dist_timeout)
-    runtime = Runtime(device=device, amp_dtype=autocast_dtype(args.mixed_precision, device),
-                      workers=args.workers, rank=distributed.rank(), world_size=distributed.world_size())
+    configure_backends(device)
+    runtime = build_runtime(args, device)
     torch.manual_seed(args.seed)
     context = build_context(args, argv, runtime)
     try:

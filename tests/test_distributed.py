@@ -38,18 +38,23 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start(cwd, processes, args):
+def start(cwd, processes, args, program=MAIN):
     """`processes` processes of main.py (1: a plain process), as torchrun starts them."""
     port = free_port()
     started = []
     for rank in range(processes):
-        env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+        env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
         if processes > 1:
             env.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(processes),
                        RANK=str(rank), LOCAL_RANK=str(rank))
-        started.append(subprocess.Popen([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, env=env,
+        started.append(subprocess.Popen([sys.executable, str(program), *map(str, args)], cwd=cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return started
+
+
+def start_script(cwd, processes, script):
+    """`processes` processes of a Python script that imports the project, as torchrun starts them."""
+    return start(cwd, processes, [], program=script)
 
 
 def finish(started, timeout=600):

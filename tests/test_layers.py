@@ -9,7 +9,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     # 0: constants, no project imports at all
     {'utils.labels'},
-    # 1: no project imports but the constants
+    # 1: where tensors live (the one home of device moves and host reads)
+    {'utils.device'},
+    # 1b: no project imports but the constants and the device helpers
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference'},
     # 2: writing files, several processes
     {'utils.files', 'utils.distributed'},

@@ -25,7 +25,7 @@ from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.errors import InputError
 from utils.synthetic import make_synthetic_voc
 from utils.training import (LoopHooks, Runtime, TrainState, build_optimizer, build_scheduler,
-                            train_loop, weights_finite)
+                            step_batch, train_loop, weights_finite)
 from utils.losses import DynamicLoss
 from utils.metrics import ConfusionMatrix
 
@@ -141,7 +141,7 @@ def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_pat
                       on_best=lambda s, scores: saved.append(weights_finite(s.model)),
                       on_validated=lambda s, scores: None, save_last=lambda s: saved.append(weights_finite(s.model)),
                       log=lambda message: None, scalar=lambda *a: None)
-    batches = iter([(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)), None)] * 5)
+    batches = iter([step_batch(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))] * 5)
     with pytest.raises(Exception) as error:
         train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu')), hooks, val_every=1,
                    save_every=1, stop=False, num_classes=3)
@@ -429,8 +429,8 @@ def test_mixed_precision_training_on_cpu_is_close_to_float32():
         optimizer = build_optimizer(model, 0.01, 5e-4)
         state = TrainState(model, optimizer, build_scheduler(optimizer, 3), torch.amp.GradScaler('cpu', enabled=False), 3)
         generator = torch.Generator().manual_seed(1)
-        batches = [(torch.randn(2, 3, 32, 32, generator=generator), torch.randint(0, 5, (2, 32, 32), generator=generator), None)
-                   for _ in range(3)]
+        batches = [step_batch(torch.randn(2, 3, 32, 32, generator=generator),
+                              torch.randint(0, 5, (2, 32, 32), generator=generator)) for _ in range(3)]
         seen = []
         hooks = LoopHooks(validate=lambda: ConfusionMatrix(5), on_best=lambda s, scores: None,
                           on_validated=lambda s, scores: None, save_last=lambda s: None, log=lambda m: None,

@@ -9,7 +9,7 @@ from models import deeplab_v2
 from utils import distributed
 from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.self_training import mixed_batches, round_ratios
-from utils.training import (EpochBatchSampler, TrainState, batch_tensors, build_optimizer,
+from utils.training import (EpochBatchSampler, Runtime, TrainState, build_optimizer, device_batch,
                             build_scheduler, restore_state, sample_seed, set_train_mode,
                             weights_finite)
 
@@ -102,22 +102,28 @@ def item(value, label, count):
     return {'image': torch.full((count, 3, 1, 1), value), 'label': torch.full((count, 1, 1), label, dtype=torch.uint8)}
 
 
+CPU = Runtime(torch.device('cpu'))
+
+
 def test_pseudo_labeled_samples_come_first():
-    pseudo = [item(1.0, 11, 2), item(2.0, 12, 1)]
+    pseudo = [item(1.0, 11, 2), item(2.0, 255, 1)]
     labeled = [item(3.0, 13, 2)] * 5
-    batches = list(mixed_batches(pseudo, labeled, crop_size=(1, 1)))
+    batches = list(mixed_batches(pseudo, labeled, CPU, crop_size=(1, 1)))
     assert len(batches) == 2, 'one pass over the pseudo-labeled set is one epoch'
-    images, labels, split = batches[1]
+    images, labels, split, valid = batches[1]
     assert split == 1
     assert images[:, 0].flatten().tolist() == [2.0, 3.0, 3.0]
-    assert labels.flatten().tolist() == [12, 13, 13]
+    assert labels.flatten().tolist() == [255, 13, 13]
+    assert valid == 2, 'the host counts the pixels whose label is not 255 (the loss denominator)'
+    assert batches[0].valid_pixels == 4
 
 
 def test_an_empty_share_is_an_empty_batch_of_the_crop_size():
-    images, labels = batch_tensors(None, (5, 7))
+    images, labels, valid = device_batch(None, CPU, (5, 7))
     assert images.shape == (0, 3, 5, 7) and labels.shape == (0, 5, 7) and labels.dtype == torch.uint8
-    batches = list(mixed_batches([None], [item(3.0, 13, 2)], crop_size=(1, 1)))
-    assert batches[0][2] == 0 and batches[0][0].shape[0] == 2
+    assert valid == 0
+    batches = list(mixed_batches([None], [item(3.0, 13, 2)], CPU, crop_size=(1, 1)))
+    assert batches[0].split_index == 0 and batches[0].images.shape[0] == 2
 
 
 def test_saved_state_restores_optimizer_scheduler_step_and_progress(tmp_path):

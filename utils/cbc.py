@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from data_processing import IGNORE_INDEX, pseudo_label_path
 from utils import distributed
+from utils.device import HostCopy, to_host
 from utils.errors import InputError, RunError
 from utils.experiment import write_json
 from utils.files import FolderLock, atomic_path, fsync_path, guarded_write
@@ -218,7 +219,7 @@ class PredictionStore:
         return block, offset
 
     def put(self, key, max_prob, predicted):
-        """Copy one map in (torch tensors on any device, or numpy arrays)."""
+        """Copy one map in (numpy arrays, or tensors: device tensors come through `to_host`)."""
         height, width = max_prob.shape
         pixels = height * width
         slot = self._arena_slot(pixels * BYTES_PER_PIXEL)
@@ -269,16 +270,14 @@ class PredictionStore:
 
 def as_numpy(value, dtype):
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = to_host(value).numpy()
     return np.ascontiguousarray(value, dtype=dtype)
 
 
 def copy_into(target, value):
-    """Copy a tensor (any device) or array into a numpy view without a temporary host copy."""
-    if isinstance(value, torch.Tensor):
-        torch.from_numpy(target).copy_(value)
-    else:
-        target[...] = value
+    """Copy a host tensor or array into a numpy view (one copy: a CPU tensor is viewed as numpy;
+    a device tensor comes to the host through `to_host` first)."""
+    target[...] = as_numpy(value, target.dtype) if isinstance(value, torch.Tensor) else value
 
 
 class PredictionCache:
@@ -324,31 +323,53 @@ def predict_unlabeled(model, loader, runtime, store, samples):
     """The one forward pass over this rank's share: each map into `store`, every 16th pixel into
     `samples`. Logits are upsampled to the padded evaluation size, cut back to the image's own
     size, then softmaxed (the original upsampled to the 321 crop size: misaligned labels, spec
-    section 13). A data error is agreed with the other ranks after the pass."""
+    section 13). A data error is agreed with the other ranks after the pass.
+
+    The per-pixel work (upsampling, softmax, max) runs on the device; each batch's maps then go
+    to pinned host memory behind it, and the host stores the previous batch's maps while the
+    device computes the next one.
+    """
     model.eval()
     error = None
+    in_flight = None
     try:
         for batch in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True,
                           disable=None if runtime.is_main else True):
-            images = batch['image'].to(runtime.device, non_blocking=True)
-            with runtime.autocast():
-                logits = model(images)['out']
-            logits = upsample(logits.float(), images.shape[-2:])
-            for logit, index, (height, width) in zip(logits, batch['index'].tolist(),
-                                                     batch['own_size'].tolist()):
-                probs = torch.softmax(logit[:, :height, :width], dim=0)
-                max_prob, predicted = probs.max(dim=0)
-                predicted = predicted.to(torch.uint8)
-                sampled_prob = max_prob.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy()
-                if not np.isfinite(sampled_prob).all():   # a diverged network is NaN everywhere
-                    raise InputError(f'the checkpoint predicts NaN or infinite probabilities for '
-                                     f'{loader.dataset.image_path(index)}: a diverged network?')
-                samples.add(sampled_prob, predicted.reshape(-1)[::SAMPLE_STRIDE].cpu().numpy())
-                store.put(index, max_prob, predicted)
+            images, _ = runtime.to_device(batch)
+            maps = HostCopy(own_size_maps(model, images, batch['own_size'].tolist(), runtime))
+            if in_flight is not None:
+                keep_maps(*in_flight, store, samples, loader.dataset)
+            in_flight = (maps, batch['index'].tolist())
+        if in_flight is not None:
+            keep_maps(*in_flight, store, samples, loader.dataset)
     except RunError as failure:
         error = failure
     distributed.agree_on_errors(error)
     store.finish_writing()
+
+
+def own_size_maps(model, images, own_sizes, runtime):
+    """Per image, its max probability (float32) and class (uint8) maps at its own size, on the
+    device: [max_prob_0, class_0, max_prob_1, class_1, ...]."""
+    logits = upsample(runtime.forward(model, images).float(), images.shape[-2:])
+    maps = []
+    for logit, (height, width) in zip(logits, own_sizes):
+        max_prob, predicted = torch.softmax(logit[:, :height, :width], dim=0).max(dim=0)
+        maps += [max_prob, predicted.to(torch.uint8)]
+    return maps
+
+
+def keep_maps(maps, indices, store, samples, dataset):
+    """Store one batch's maps (once their copy has arrived) and sample every 16th pixel."""
+    host = maps.wait()
+    for position, index in enumerate(indices):
+        max_prob, predicted = host[2 * position].numpy(), host[2 * position + 1].numpy()
+        sampled_prob = max_prob.reshape(-1)[::SAMPLE_STRIDE]
+        if not np.isfinite(sampled_prob).all():   # a diverged network is NaN everywhere
+            raise InputError(f'the checkpoint predicts NaN or infinite probabilities for '
+                             f'{dataset.image_path(index)}: a diverged network?')
+        samples.add(sampled_prob, predicted.reshape(-1)[::SAMPLE_STRIDE])
+        store.put(index, max_prob, predicted)
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.device import host_values
 from utils.errors import InputError, TrainingDiverged
 from utils.files import atomic_path, guarded_write
 
@@ -119,8 +120,8 @@ def state_dict_finite(state):
                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()]
     if not tensors:
         return True
-    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf, foreach=True)
-    return bool(torch.isfinite(largest))
+    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
+    return not host_values(~torch.isfinite(largest))
 
 
 def _one_line(error: BaseException, limit: int = 100) -> str:

@@ -29,7 +29,7 @@ DEFAULT_ARCHITECTURE = {'backbone': 'resnet101', 'head_branches': 2}
 # change how it runs, not what it gives; the number of processes may change too.
 RUN_DEFINING_FLAGS = (
     'state', 'dataset', 'data_root_resolved', 'split', 'sets_id', 'valtiny', 'backbone',
-    'head_branches', 'coco', 'from_scratch', 'mixed_precision', 'continue_from', 'batch_size', 'lr',
+    'head_branches', 'coco', 'from_scratch', 'mixed_precision', 'precision', 'continue_from', 'batch_size', 'lr',
     'weight_decay', 'init_epochs', 'st_epochs', 'st_lr', 'iters', 'round', 'init_label_ratio',
     'det_label_ratio', 'label_ratio', 'gamma', 'val_num_steps', 'no_aug', 'crop_size', 'eval_size',
     'seed', 'sync_bn', 'frozen_bn', 'pseudo_dir')
@@ -85,11 +85,12 @@ class RunContext:
         """Threads that write pseudo labels (PNG encoding runs outside the GIL)."""
         return max(self.runtime.workers, 1)
 
-    def eval_loader(self, dataset):
-        """This rank's share, in batches of --batch-size / processes (the global batch)."""
+    def eval_loader(self, dataset, persistent=False):
+        """This rank's share, in batches of --batch-size / processes (the global batch);
+        `persistent` keeps its workers between passes (validation)."""
         per_rank = max(self.args.batch_size // self.runtime.world_size, 1)
         return make_loader(dataset, batch_size=per_rank, workers=self.runtime.workers,
-                           device=self.runtime.device)
+                           device=self.runtime.device, persistent=persistent)
 
     def batch_loader(self, dataset, sampler):
         return make_loader(dataset, batch_sampler=sampler, workers=self.runtime.workers,
@@ -98,7 +99,7 @@ class RunContext:
     def validation(self, model, protocol=Protocol()):
         """A function that scores `model` on val (or valtiny), returning the confusion matrix summed
         over all processes; the dataset is checked once, now."""
-        loader = self.eval_loader(self.dataset(self.val_list, 'gt', 'eval'))
+        loader = self.eval_loader(self.dataset(self.val_list, 'gt', 'eval'), persistent=True)
         return lambda: evaluate(model, loader, self.info.num_classes, self.runtime, desc=self.val_list,
                                 protocol=protocol)
 
@@ -118,7 +119,8 @@ class RunContext:
                       and backbone not in BACKBONES_WITHOUT_WEIGHTS)
         model = deeplab_v2(self.info.num_classes, backbone=backbone,
                            head_branches=self.architecture['head_branches'], pretrained_backbone=pretrained)
-        return model.to(self.runtime.device)
+        model = model.to(self.runtime.device)
+        return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     def for_training(self, model):
         """(network, what the step calls): with several processes, BatchNorm becomes

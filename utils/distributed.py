@@ -7,7 +7,7 @@ SLURM_LOCALID, plus MASTER_ADDR/MASTER_PORT). One process per device: NCCL on CU
 
 Errors: a process that fails must not leave the others waiting forever in a collective. Where
 ranks can diverge (a data error on one of them, a stop request), they meet in `agree_on_errors`
-or `step_status`, which every rank reaches, and all of them raise the same one-line error; a
+or in the training step's one reduction (utils/training.py `agree_on_step`), which every rank reaches, and all of them raise the same one-line error; a
 collective that waits longer than the timeout becomes a PeerFailure rather than a hang.
 """
 import datetime
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from utils import errors
+from utils.device import host_values, to_host
 from utils.errors import InputError, PeerFailure
 
 BACKENDS = {'cuda': 'nccl', 'cpu': 'gloo'}
@@ -51,22 +52,35 @@ def first_slurm_host():
 
 def init(device, timeout_seconds):
     """Join the process group when launched as several processes; return the device this rank
-    uses (cuda:<local rank> when CUDA is chosen). A single process is left as it is."""
+    uses. A single process is left as it is."""
     world = launched_world()
     if world is None:
         return device
     rank, world_size, local_rank = world
     if device.type == 'cuda':
-        if local_rank >= torch.cuda.device_count():
-            raise InputError(f'local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): '
-                             f'start at most one process per GPU')
-        device = torch.device('cuda', local_rank)
+        device = rank_device(device, local_rank, torch.cuda.device_count())
         torch.cuda.set_device(device)
     if device.type not in BACKENDS:
         raise InputError(f'--device {device}: several processes need cuda or cpu')
     dist.init_process_group(BACKENDS[device.type], rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_seconds))
     return device
+
+
+def rank_device(device, local_rank, visible):
+    """The GPU of this process: the one given (--device cuda:N); the only one it sees (a launcher
+    that gives each process one GPU, as `srun --gpus-per-task 1` does, numbers local ranks 0..N-1
+    while every process sees its GPU as cuda:0); else cuda:<local rank>."""
+    if device.index is not None:
+        if device.index >= visible:
+            raise InputError(f'--device {device}: only {visible} GPU(s) visible to this process')
+        return device
+    if visible == 1:
+        return torch.device('cuda', 0)
+    if local_rank >= visible:
+        raise InputError(f'local rank {local_rank} has no GPU ({visible} visible): start at most one '
+                         f'process per GPU')
+    return torch.device('cuda', local_rank)
 
 
 def shutdown():
@@ -111,8 +125,10 @@ def sum_tensor(tensor):
 
 def sum_numbers(values, dtype=torch.float64):
     """Sum a short list of numbers over all ranks."""
+    if not active():
+        return list(values)
     tensor = torch.tensor(values, dtype=dtype, device=_collective_device())
-    return sum_tensor(tensor).tolist()
+    return host_values(sum_tensor(tensor))
 
 
 def sum_array(array):
@@ -120,7 +136,16 @@ def sum_array(array):
     if not active():
         return array
     tensor = torch.from_numpy(array).to(_collective_device())
-    return sum_tensor(tensor).cpu().numpy()
+    return to_host(sum_tensor(tensor)).numpy()
+
+
+def broadcast_buffers(model):
+    """Rank 0's buffers (BatchNorm statistics) on every rank, so every rank computes with the
+    model rank 0 saves."""
+    if not active():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def gather_objects(value):
@@ -157,19 +182,6 @@ def agree_on_errors(error):
             name, message = report
             error_type = getattr(errors, name, PeerFailure)
             raise error_type(f'{message} (reported by rank {source})')
-
-
-# Step status codes, agreed by a max over ranks once per training step.
-STATUS_OK, STATUS_STOP, STATUS_ERROR = 0, 1, 2
-
-
-def step_status(code):
-    """The most severe status any rank reports this step (one small reduction per step)."""
-    if not active():
-        return code
-    tensor = torch.tensor([code], dtype=torch.int32, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
 
 
 def shard(indices):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from utils import distributed
 from utils.context import describe_checkpoint, finish, scores_summary
+from utils.device import host_values, to_host
 from utils.files import atomic_path, guarded_write
 from utils.inference import Protocol, upsample
 from utils.metrics import format_table
@@ -60,7 +61,7 @@ class PredictionWriter:
                 scores_one = scores_one[:, :own_h, :own_w]
             if tuple(scores_one.shape[-2:]) != tuple(file_size):
                 scores_one = upsample(scores_one[None], file_size)[0]
-            prediction = scores_one.argmax(0).to(torch.uint8).cpu().numpy()
+            prediction = to_host(scores_one.argmax(0).to(torch.uint8)).numpy()
             name = self.dataset.names[index]
             save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
             if self.dataset.info.key == 'city':
@@ -97,7 +98,7 @@ def run_evaluation(context):
         'split': str(trained.get('split', args.split)), 'sets_id': trained.get('sets_id', args.sets_id),
         'protocol': protocol.to_dict(), 'miou': scores.miou, 'pixel_accuracy': scores.pixel_accuracy,
         'scores': scores_summary(scores, context.info),
-        'confusion_matrix': confusion.matrix.cpu().tolist(),
+        'confusion_matrix': host_values(confusion.matrix),
         'predictions': str(args.save_predictions) if args.save_predictions else None})
     return scores
 

@@ -38,15 +38,31 @@ def choose_device(name=None):
     return device
 
 
-def autocast_dtype(mixed_precision, device):
-    """float16 on CUDA (with a GradScaler), bfloat16 on a CPU that computes it natively, or None
-    (off). A CPU without bfloat16 instructions emulates it some ten to a hundred times slower
-    than float32, so mixed precision falls back to float32 there (the log says so)."""
-    if not mixed_precision:
-        return None
-    if device.type == 'cuda':
-        return torch.float16
-    return torch.bfloat16 if cpu_has_fast_bfloat16() else None
+AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def resolve_precision(precision, mixed_precision, device):
+    """The precision a run computes in: 'fp32', 'fp16' or 'bf16'.
+
+    --precision names it. --mixed-precision keeps the original's meaning: float16 autocast with
+    loss scaling on CUDA; on a CPU, bfloat16 where the CPU computes it natively, else float32
+    (emulated bfloat16 runs ten to a hundred times slower than float32; the log says so).
+    bfloat16 has float32's range, so it needs no loss scaling (A100, H100 and H200 run it at
+    float16's speed).
+    """
+    if precision is None:
+        if not mixed_precision:
+            return 'fp32'
+        if device.type == 'cuda':
+            return 'fp16'
+        return 'bf16' if cpu_has_fast_bfloat16() else 'fp32'
+    if mixed_precision and precision == 'fp32':
+        raise InputError('--mixed-precision asks for float16/bfloat16 but --precision fp32 for float32: '
+                         'give one of them')
+    if precision == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise InputError(f'--precision bf16: {torch.cuda.get_device_name(device)} does not compute '
+                         f'bfloat16; use --precision fp16')
+    return precision
 
 
 def cpu_has_fast_bfloat16():
@@ -60,12 +76,16 @@ def cpu_has_fast_bfloat16():
         return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def describe_precision(dtype, mixed_precision=False):
-    if dtype is None:
+def describe_precision(precision, mixed_precision=False, device=None):
+    if precision == 'fp32':
         if mixed_precision:
             return 'full precision (float32): --mixed-precision asked, but this CPU has no native bfloat16'
         return 'full precision (float32)'
-    return f'mixed precision: torch.autocast with {str(dtype).replace("torch.", "")}'
+    name = str(AUTOCAST_DTYPES[precision]).replace('torch.', '')
+    scaling = ', with loss scaling (GradScaler)' if precision == 'fp16' else ''
+    emulated = (' (this CPU emulates bfloat16: slow)' if precision == 'bf16' and device is not None
+                and device.type == 'cpu' and not cpu_has_fast_bfloat16() else '')
+    return f'mixed precision: torch.autocast with {name}{scaling}{emulated}'
 
 
 class Experiment:

@@ -43,9 +43,7 @@ class Protocol:
 
 
 def forward_logits(model, images, runtime):
-    with runtime.autocast():
-        logits = model(images)['out']
-    return logits.float()
+    return runtime.forward(model, images).float()
 
 
 def view_probabilities(model, images, size, runtime, scales, flip):

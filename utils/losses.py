@@ -5,6 +5,7 @@ believes it: each pseudo-labeled pixel's cross entropy is scaled by p^gamma, wit
 probability of that label. The weight is detached so that the network cannot lower the loss by
 making itself less sure of its own pseudo labels; only the cross entropy term carries a gradient.
 """
+import contextlib
 import math
 import operator
 
@@ -49,7 +50,7 @@ class DynamicLoss(nn.Module):
         raises to a power.
         """
         split_index = self._check_inputs(logits, targets, split_index)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with autocast_off(logits.device):
             log_probs = torch.log_softmax(logits.float(), dim=1)
             valid = targets != self.ignore_index
             # Ignored pixels get a harmless class 0 so gather stays in range; masked out below.
@@ -100,3 +101,10 @@ class DynamicLoss(nn.Module):
         if not 0 <= index <= n:
             raise ValueError(f'split_index must lie in [0, {n}] for a batch of {n}, got {index}')
         return index
+
+
+def autocast_off(device):
+    """No autocast inside the loss; devices without autocast (meta, in tests) need no switch."""
+    if device.type in ('cuda', 'cpu'):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from utils.device import host_values, to_host
+
 
 @dataclass
 class SegmentationScores:
@@ -81,7 +83,7 @@ class ConfusionMatrix:
         prediction = prediction.reshape(-1).to(device=self.matrix.device, dtype=torch.int64)
         if check and prediction.numel():
             # A prediction out of range would silently land in another cell of the matrix.
-            low, high = torch.stack(torch.aminmax(prediction)).tolist()
+            low, high = host_values(torch.stack(torch.aminmax(prediction)))
             if low < 0 or high >= n:
                 raise ValueError(f'predictions must lie in [0, {n}), got values in [{low}, {high}]')
         keep = (target >= 0) & (target < n)
@@ -116,7 +118,7 @@ class ConfusionMatrix:
 
     def compute(self) -> SegmentationScores:
         """Scores from the counts so far; computed in float64 on the host from the C x C matrix."""
-        m = self.matrix.detach().to('cpu', torch.float64)
+        m = to_host(self.matrix).to(torch.float64)
         true_positive = m.diagonal()
         false_positive = m.sum(dim=0) - true_positive
         false_negative = m.sum(dim=1) - true_positive

@@ -19,8 +19,8 @@ from utils.errors import InputError
 from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
 from utils.supervised import train_supervised
-from utils.training import (EpochBatchSampler, TrainState, batch_tensors, build_optimizer,
-                            build_scheduler, restore_state, train_loop)
+from utils.training import (EpochBatchSampler, StepBatch, TrainState, build_optimizer, build_scheduler,
+                            device_batch, restore_state, train_loop)
 
 
 @dataclass
@@ -46,14 +46,16 @@ def round_ratios(init_ratio, delta, iters):
     return [init_ratio + i * delta for i in range(iters)]
 
 
-def mixed_batches(pseudo_loader, labeled_loader, crop_size):
+def mixed_batches(pseudo_loader, labeled_loader, runtime, crop_size):
     """This rank's pseudo-labeled samples first, then its labeled ones: the loss weighs samples
-    [0, split) by p^gamma. Every global batch is half pseudo-labeled, half labeled."""
+    [0, split) by p^gamma. Every global batch is half pseudo-labeled, half labeled. Each half is
+    copied to the device from its loader's pinned batch and the two are joined there."""
     labeled = iter(labeled_loader)
     for pseudo in pseudo_loader:
-        pseudo_images, pseudo_labels = batch_tensors(pseudo, crop_size)
-        images, labels = batch_tensors(next(labeled), crop_size)
-        yield torch.cat([pseudo_images, images]), torch.cat([pseudo_labels, labels]), len(pseudo_images)
+        pseudo_images, pseudo_labels, pseudo_count = device_batch(pseudo, runtime, crop_size)
+        images, labels, count = device_batch(next(labeled), runtime, crop_size)
+        yield StepBatch(torch.cat([pseudo_images, images]), torch.cat([pseudo_labels, labels]),
+                        len(pseudo_images), pseudo_count + count)
 
 
 def check_flags(args, world_size):
@@ -119,7 +121,8 @@ def train_round(context, model, labeled_set, progress, steps, global_step, resum
     pseudo_set = context.dataset(context.unlabeled_list, 'pseudo', 'no_aug' if args.no_aug else 'train',
                                  pseudo_label_dir=context.experiment.pseudo_label_dir)
     network, step_model = context.for_training(model)
-    optimizer = build_optimizer(network, args.st_lr, args.weight_decay)   # fresh momentum
+    optimizer = build_optimizer(network, args.st_lr, args.weight_decay,   # fresh momentum
+                                fused=context.runtime.fused_optimizer)
     state = TrainState(network, optimizer, build_scheduler(optimizer, max(steps, 1)),
                        context.runtime.grad_scaler(), steps, best_miou=progress.bar,
                        extra={'phase': 'self_training', 'progress': asdict(progress)})
@@ -134,7 +137,7 @@ def train_round(context, model, labeled_set, progress, steps, global_step, resum
     labeled_sampler = EpochBatchSampler(len(labeled_set), args.batch_size - batch_pseudo,
                                         context.seed(100 + round_index), start_batch=state.step)
     batches = mixed_batches(context.batch_loader(pseudo_set, pseudo_sampler),
-                            context.batch_loader(labeled_set, labeled_sampler), context.crop_size)
+                            context.batch_loader(labeled_set, labeled_sampler), context.runtime, context.crop_size)
 
     def best_extra(train_state):
         train_state.extra['improved'] = True

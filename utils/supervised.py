@@ -2,14 +2,15 @@
 from utils.context import finish
 from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
-from utils.training import (EpochBatchSampler, TrainState, batch_tensors, build_optimizer,
-                            build_scheduler, restore_state, train_loop)
+from utils.training import (EpochBatchSampler, StepBatch, TrainState, build_optimizer, build_scheduler,
+                            device_batch, restore_state, train_loop)
 
 
-def labeled_batches(loader, crop_size):
-    """(images, labels, split_index) from a loader of dataset items."""
+def labeled_batches(loader, runtime, crop_size):
+    """Step batches on the device from a loader of dataset items (no pseudo-labeled part)."""
     for batch in loader:
-        yield *batch_tensors(batch, crop_size), None
+        images, labels, count = device_batch(batch, runtime, crop_size)
+        yield StepBatch(images, labels, None, count)
 
 
 def train_supervised(context, model, epochs, resume=None, phase='supervised', bar=None):
@@ -23,7 +24,7 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
     dataset = context.dataset(context.labeled_list, 'gt', 'train')
     total_steps = epochs * EpochBatchSampler(len(dataset), args.batch_size, 0).batches_per_epoch
     network, step_model = context.for_training(model)
-    optimizer = build_optimizer(network, args.lr, args.weight_decay)
+    optimizer = build_optimizer(network, args.lr, args.weight_decay, fused=context.runtime.fused_optimizer)
     state = TrainState(network, optimizer, build_scheduler(optimizer, max(total_steps, 1)),
                        context.runtime.grad_scaler(), total_steps, extra={'phase': phase})
     if resume is not None:
@@ -41,7 +42,8 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
     sampler = EpochBatchSampler(len(dataset), args.batch_size, context.seed(1), start_batch=state.step,
                                 num_batches=total_steps)
     with stop_on_signals() as stop:
-        train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.crop_size), DynamicLoss(0.0),
+        train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.runtime, context.crop_size),
+                   DynamicLoss(0.0),
                    context.runtime, hooks, val_every=args.val_num_steps, save_every=args.save_every,
                    stop=stop, num_classes=context.info.num_classes, tag=phase, train_model=step_model, frozen_bn=args.frozen_bn)
     return state

@@ -12,13 +12,16 @@ batch. Once per step the ranks agree on whether to stop (a signal, a data error 
 on the loss, so a failure on one rank stops all of them with the same message instead of leaving
 the others waiting in a collective.
 """
+import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
 from utils import distributed
+from utils.device import batch_to_device, host_values, to_host, valid_pixels
 from utils.errors import InputError, Interrupted, RunError, TrainingDiverged
 from utils.inference import Protocol, class_scores, upsample
 from utils.metrics import ConfusionMatrix
@@ -84,30 +87,42 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return max(self.num_batches - self.start_batch, 0)
 
 
-def make_loader(dataset, batch_sampler=None, batch_size=1, workers=0, device=None):
+def make_loader(dataset, batch_sampler=None, batch_size=1, workers=0, device=None, persistent=False):
     """A DataLoader; with no batch sampler it goes once, in order, through this rank's share of
-    the dataset (every world_size-th sample; no sample repeated, so sums count each once)."""
-    pin = device is not None and device.type == 'cuda'
+    the dataset (every world_size-th sample; no sample repeated, so sums count each once).
+
+    Batches are pinned when the device is CUDA, so that their copy to the GPU is asynchronous.
+    `persistent` keeps the worker processes between passes (validation goes through the same
+    loader every few hundred steps; starting workers each time costs seconds).
+    """
+    options = dict(num_workers=workers, pin_memory=device is not None and device.type == 'cuda',
+                   collate_fn=collate, persistent_workers=persistent and workers > 0)
     if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                                           pin_memory=pin, collate_fn=collate)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **options)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       sampler=distributed.shard(range(len(dataset))),
-                                       num_workers=workers, pin_memory=pin, collate_fn=collate)
+                                       sampler=distributed.shard(range(len(dataset))), **options)
 
 
 def collate(items):
     """Stack a list of dataset items (dicts); an empty list (a rank's share of a short last
-    batch) gives None."""
+    batch) gives None. A labeled batch also carries its count of pixels that take part in the
+    loss, counted here in the loader worker rather than by the training step."""
     if not items:
         return None
-    return torch.utils.data.default_collate(items)
+    batch = torch.utils.data.default_collate(items)
+    if 'label' in batch:
+        batch['valid_pixels'] = valid_pixels(batch['label'])
+    return batch
 
 
-def build_optimizer(model, lr, weight_decay):
-    """SGD, momentum 0.9 (spec section 6); one learning rate for the whole network."""
+def build_optimizer(model, lr, weight_decay, fused=False):
+    """SGD, momentum 0.9 (spec section 6); one learning rate for the whole network.
+
+    `fused` (on CUDA): one kernel updates every parameter, and with float16 loss scaling the
+    GradScaler hands it the overflow flag on the device instead of reading it on the host.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=fused or None)
 
 
 def build_scheduler(optimizer, total_steps):
@@ -117,24 +132,45 @@ def build_scheduler(optimizer, total_steps):
 
 @dataclass
 class Runtime:
-    """How tensors are computed: device, autocast dtype (None = off), loader workers, and this
-    process's place among several (rank 0 of 1 in a plain run)."""
+    """How tensors are computed: device, autocast dtype (None = off), memory layout, loader
+    workers, and this process's place among several (rank 0 of 1 in a plain run)."""
     device: torch.device
     amp_dtype: torch.dtype | None = None
     workers: int = 0
     rank: int = 0
     world_size: int = 1
+    channels_last: bool = False
 
     @property
     def is_main(self):
         return self.rank == 0
 
+    @property
+    def precision(self):
+        return {None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[self.amp_dtype]
+
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def grad_scaler(self):
         """Loss scaling is needed for float16 only (bfloat16 has float32's range)."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    @property
+    def fused_optimizer(self):
+        return self.device.type == 'cuda'
+
+    def forward(self, model, images):
+        """The network's logits (at 1/8 of the input) under this run's autocast and layout."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return model(images)['out']
+
+    def to_device(self, batch):
+        return batch_to_device(batch, self.device)
 
     def parallel(self, model):
         """The model as the training step calls it: DDP across processes, else itself."""
@@ -144,18 +180,32 @@ class Runtime:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def batch_tensors(batch, crop_size):
-    """(images, labels) of a training batch; an empty share of a short last batch (None) becomes
-    empty tensors, so that this rank still takes part in the step's gradient reduction."""
+class StepBatch(NamedTuple):
+    """What one training step consumes: images and labels on the device, samples
+    [0, split_index) pseudo-labeled, and the host's count of labels != 255 (this rank's share of
+    the loss denominator, known without reading anything back from the device)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    split_index: int | None
+    valid_pixels: int
+
+
+def device_batch(batch, runtime, crop_size):
+    """(images, labels, valid pixels) of a loader batch on the device; an empty share of a short
+    last batch (None) becomes empty tensors, so that this rank still takes part in the step's
+    gradient reduction."""
     if batch is None:
         height, width = crop_size
-        return torch.zeros(0, 3, height, width), torch.zeros(0, height, width, dtype=torch.uint8)
-    return batch['image'], batch['label']
+        return (torch.zeros(0, 3, height, width, device=runtime.device),
+                torch.zeros(0, height, width, dtype=torch.uint8, device=runtime.device), 0)
+    images, labels = runtime.to_device(batch)
+    count = batch['valid_pixels'] if 'valid_pixels' in batch else valid_pixels(batch['label'])
+    return images, labels, int(count)
 
 
-def batch_to(batch, runtime):
-    return (batch['image'].to(runtime.device, non_blocking=True),
-            batch['label'].to(runtime.device, non_blocking=True))
+def step_batch(images, labels, split_index=None):
+    """A StepBatch from tensors already where they belong (tests, benchmarks)."""
+    return StepBatch(images, labels, split_index, valid_pixels(to_host(labels)))
 
 
 @torch.no_grad()
@@ -164,15 +214,18 @@ def evaluate(model, loader, num_classes, runtime, desc='evaluate', protocol=Prot
     """The confusion matrix over every pixel whose label is not 255, summed over this rank's share
     and then over all ranks. Everything stays on the device: no per-image host sync.
 
+    Every rank first takes rank 0's BatchNorm statistics, so that all ranks score the model rank
+    0 saves (with per-process BatchNorm each rank's running statistics include its own batches).
     `on_prediction(batch, scores)` (optional, e.g. to save pictures) sees every batch's scores.
     """
     was_training = model.training
     model.eval()
+    distributed.broadcast_buffers(model)
     confusion = ConfusionMatrix(num_classes, device=runtime.device)
     error = None
     try:
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-            images, labels = batch_to(batch, runtime)
+            images, labels = runtime.to_device(batch)
             scores = class_scores(model, images, labels.shape[-2:], runtime, protocol)
             confusion.update(labels, scores.argmax(1), check=False)
             if on_prediction is not None:
@@ -196,6 +249,9 @@ class TrainState:
     step: int = 0
     best_miou: float = -1.0
     extra: dict = field(default_factory=dict)   # phase, round, ... (saved with the state)
+
+    def optimizer_parameters(self):
+        return [p for group in self.optimizer.param_groups for p in group['params']]
 
 
 def restore_state(state, checkpoint):
@@ -222,25 +278,24 @@ class LoopHooks:
     scalar: object              # (tag, value, global step) -> None
 
 
+def nonfinite_flag(tensors):
+    """A device scalar, 1 if any of the tensors holds a NaN or an infinity: their largest absolute
+    value (one fused reduction) is then not finite. Nothing is read back here."""
+    tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
+    if not tensors:
+        return None
+    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
+    return (~torch.isfinite(largest)).to(torch.float64)
+
+
+def model_tensors(model):
+    return list(model.parameters()) + list(model.buffers())
+
+
 def weights_finite(model):
-    """False if any parameter or buffer holds a NaN or an infinity: the largest absolute value
-    over all of them (one fused reduction, one host sync) is then not finite."""
-    tensors = [t.detach() for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf, foreach=True)
-    return bool(torch.isfinite(largest))
-
-
-def next_batch(batches, stop):
-    """The next batch, or the error that fetching it raised (a data error, or a loader worker
-    killed by Ctrl-C), to be agreed on by all ranks before anything else happens."""
-    try:
-        return next(batches), None
-    except InputError as error:
-        return None, error
-    except Exception:
-        if stop:   # Ctrl-C reached the loader workers too; the step was not taken
-            return None, None
-        raise
+    """False if any parameter or buffer holds a NaN or an infinity (one host sync)."""
+    flag = nonfinite_flag(model_tensors(model))
+    return flag is None or host_values(flag) == 0
 
 
 def set_train_mode(model, frozen_bn=False):
@@ -254,17 +309,90 @@ def set_train_mode(model, frozen_bn=False):
     return model
 
 
+# float16 loss scaling skips a step whose gradients overflow and halves its scale; from 2^16, 30
+# halvings leave a scale below 1e-4, so gradients that still overflow do not come from scaling.
+SKIPPED_STEPS_LIMIT = 30
+
+STATUS_OK, STATUS_STOP, STATUS_ERROR = 0, 1, 2
+
+
+@dataclass
+class Fetched:
+    """The next step's batch as this rank fetched it, or why there is none."""
+    batch: StepBatch | None = None
+    status: int = STATUS_OK
+    error: RunError | None = None
+
+    @property
+    def valid_pixels(self):
+        return self.batch.valid_pixels if self.batch is not None else 0
+
+
+def fetch(batches, stop):
+    """The next batch (already on its way to the device), a stop request, or the data error that
+    fetching raised (a broken file, or a loader worker killed by Ctrl-C): all ranks learn of it
+    at the step's one reduction before anything depends on it."""
+    if stop:
+        return Fetched(status=STATUS_STOP)
+    try:
+        return Fetched(batch=next(batches))
+    except InputError as error:
+        return Fetched(status=STATUS_ERROR, error=error)
+    except Exception:
+        if stop:   # Ctrl-C reached the loader workers too
+            return Fetched(status=STATUS_STOP)
+        raise
+
+
+@dataclass
+class StepReport:
+    """The step's numbers summed over all ranks, read by the host at once."""
+    loss_sum: float = 0.0
+    gradients_nonfinite: bool = False
+    weights_nonfinite: bool = False
+    next_valid_pixels: int = 0
+    stops: int = 0
+    errors: int = 0
+
+
+def agree_on_step(runtime, fetched, loss_sum=None, gradients_flag=None, weights_flag=None):
+    """The one host sync of a training step.
+
+    Everything the host must know about the step goes into one small vector on the device: this
+    rank's loss sum, whether the gradients or the previous update's weights hold a NaN or an
+    infinity, and what fetching the next batch gave (its valid-pixel count, a stop, an error).
+    One sum over the ranks, one read. The values of the host (counts, statuses) enter through
+    `torch.full`, a fill kernel, not a copy that would wait for the GPU.
+    """
+    def entry(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(torch.float64).reshape(())
+        return torch.full((), float(value or 0), dtype=torch.float64, device=runtime.device)
+
+    vector = torch.stack([entry(loss_sum), entry(gradients_flag), entry(weights_flag),
+                          entry(fetched.valid_pixels), entry(fetched.status == STATUS_STOP),
+                          entry(fetched.status == STATUS_ERROR)])
+    loss, gradients, weights, count, stops, errors = host_values(distributed.sum_tensor(vector))
+    return StepReport(loss, gradients > 0, weights > 0, int(count), int(stops), int(errors))
+
+
 def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every, stop,
                num_classes, tag='train', step_offset=0, train_model=None, frozen_bn=False):
     """Run steps state.step .. total_steps-1 of one phase.
 
-    `batches` yields (images, labels, split_index) for this rank (None for an empty share);
-    samples [0, split_index) are pseudo-labeled. Validates every `val_every` steps and at the
-    last step; saves the last state every `save_every` steps, on a stop request (then raises
-    Interrupted) and before a data error ends the run. A non-finite loss stops before the
-    update, non-finite weights right after it; no checkpoint is written from then on, so none
-    ever holds a diverged network. `train_model` is what computes the loss (DDP-wrapped when
-    several processes train); state.model is the plain network.
+    `batches` yields StepBatch (device tensors; an empty one for an empty share). Validates every
+    `val_every` steps and at the last step; saves the last state every `save_every` steps, on a
+    stop request (then raises Interrupted) and before a data error ends the run.
+
+    One host sync per step (`agree_on_step`), after the backward pass and before the update: the
+    next batch is fetched and its copy started before it, so the GPU has work queued while the
+    host waits. A non-finite loss, or non-finite gradients without float16 loss scaling, stop the
+    run before the update; weights that an update made non-finite are found at the next step's
+    sync (or before any validation or save), and no checkpoint is written from then on, so none
+    ever holds a diverged network. Under float16 a step whose gradients overflow is skipped by
+    the GradScaler, logged, and SKIPPED_STEPS_LIMIT skips in a row stop the run.
+    `train_model` is what computes the loss (DDP-wrapped when several processes train);
+    state.model is the plain network.
     """
     model = state.model
     train_model = train_model or model
@@ -272,83 +400,131 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
     train_confusion = ConfusionMatrix(num_classes, device=runtime.device)
     train_confusion.matrix += torch.as_tensor(state.extra.pop('train_confusion', 0)).to(runtime.device)
     running = state.extra.pop('running_loss', [0.0, 0])
+    skipped = Skips(state.extra.pop('skipped_steps', 0))
     progress = tqdm(total=state.total_steps, initial=state.step, desc=tag, dynamic_ncols=True,
                     disable=None if runtime.is_main else True)
+    weights_flag = None   # set by each update, read at the next sync
+
+    def check_weights():
+        nonlocal weights_flag
+        if weights_flag is not None and host_values(weights_flag):
+            raise weights_diverged(tag, state)
+        weights_flag = None
 
     def save_last():
-        state.extra.update(train_confusion=train_confusion.matrix.cpu(), running_loss=list(running))
+        check_weights()
+        state.extra.update(train_confusion=to_host(train_confusion.matrix), running_loss=list(running),
+                           skipped_steps=skipped.total)
         path = hooks.save_last(state)
-        state.extra.pop('train_confusion'), state.extra.pop('running_loss')
+        for key in ('train_confusion', 'running_loss', 'skipped_steps'):
+            state.extra.pop(key)
         return path
 
     try:
+        fetched = fetch(batches, stop) if state.step < state.total_steps else Fetched()
+        report = agree_on_step(runtime, fetched)
         while state.step < state.total_steps:
-            batch, error = next_batch(batches, stop)
-            status = distributed.step_status(
-                distributed.STATUS_ERROR if error is not None else
-                distributed.STATUS_STOP if (stop or batch is None) else distributed.STATUS_OK)
-            if status == distributed.STATUS_ERROR:
-                save_last()   # the step was not taken: the state is whole
-                distributed.agree_on_errors(error)
-            if status == distributed.STATUS_STOP:
+            if report.errors:
+                save_last()   # the state after the last completed step is whole
+                distributed.agree_on_errors(fetched.error)
+            if report.stops:
                 path = save_last()
                 raise Interrupted(f'{stop.signal_name or "a stop request"} at step {state.step} of {tag}: '
                                   f'state saved to {path}; continue with the same command and --resume')
-            images, labels, split_index = batch
-            loss_sum, pixel_count, logits = local_loss(train_model, images, labels, split_index,
-                                                       loss_fn, runtime)
-            total_loss, total_count = distributed.sum_numbers([float(loss_sum.detach()), float(pixel_count)])
-            loss_value = total_loss / max(total_count, 1.0)
+            batch, total_pixels = fetched.batch, report.next_valid_pixels
+            loss_sum, logits = local_loss(train_model, batch, loss_fn, runtime)
+            # DDP averages gradients over ranks, hence the factor: the sum over ranks of
+            # d(loss_sum) / total_pixels, the single-process gradient of the global batch.
+            loss = loss_sum * (runtime.world_size / max(total_pixels, 1))
+            state.optimizer.zero_grad(set_to_none=True)
+            state.scaler.scale(loss).backward()
+            gradients_flag = nonfinite_flag([p.grad for p in state.optimizer_parameters()])
+            last_step = state.step + 1 == state.total_steps
+            fetched = Fetched() if last_step else fetch(batches, stop)
+            report = agree_on_step(runtime, fetched, loss_sum, gradients_flag, weights_flag)
+            if report.weights_nonfinite:
+                raise weights_diverged(tag, state)
+            loss_value = report.loss_sum / max(total_pixels, 1)
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
                     f'{tag}: loss is {loss_value} at step {state.step + 1}; stopped before the '
-                    f'update, the last good checkpoint is kept (lower --lr or drop --mixed-precision)')
-            # DDP averages gradients over ranks, hence the factor: the sum over ranks of
-            # d(loss_sum) / total_count, the single-process gradient of the global batch.
-            loss = loss_sum * (runtime.world_size / max(total_count, 1.0))
-            state.optimizer.zero_grad(set_to_none=True)
-            state.scaler.scale(loss).backward()
+                    f'update, the last good checkpoint is kept (lower --lr, or use --precision bf16 or fp32)')
+            if report.gradients_nonfinite:
+                if not state.scaler.is_enabled():
+                    raise TrainingDiverged(
+                        f'{tag}: the gradients are NaN or infinite at step {state.step + 1}; stopped '
+                        f'before the update, the last good checkpoint is kept (lower --lr)')
+                skipped.add(tag, state.step + 1, hooks.log)
+            else:
+                skipped.reset()
             state.scaler.step(state.optimizer)
             state.scaler.update()
-            if not weights_finite(model):
-                raise TrainingDiverged(
-                    f'{tag}: the weights became NaN or infinite at step {state.step + 1} (learning '
-                    f'rate {state.optimizer.param_groups[0]["lr"]}); no checkpoint holds them, the '
-                    f'last good one is kept')
+            weights_flag = nonfinite_flag(model_tensors(model))
             lr = state.optimizer.param_groups[0]['lr']
             state.scheduler.step()
             state.step += 1
             progress.update(1)
             progress.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}')
             # Train scores on the labeled part of the batch only (pseudo labels are not truth).
-            labeled_from = split_index or 0
-            train_confusion.update(labels[labeled_from:], logits[labeled_from:].detach().argmax(1), check=False)
+            labeled_from = batch.split_index or 0
+            train_confusion.update(batch.labels[labeled_from:], logits[labeled_from:].detach().argmax(1),
+                                   check=False)
             running[0] += loss_value
             running[1] += 1
             global_step = step_offset + state.step
             if state.step % 10 == 0 or state.step == state.total_steps:
                 hooks.scalar(f'{tag}/loss', running[0] / running[1], global_step)
                 hooks.scalar(f'{tag}/lr', lr, global_step)
+                if skipped.total:
+                    hooks.scalar(f'{tag}/skipped_steps', skipped.total, global_step)
                 running[0], running[1] = 0.0, 0
 
             if state.step % val_every == 0 or state.step == state.total_steps:
+                check_weights()
                 validate_now(state, hooks, train_confusion, tag, global_step)
                 set_train_mode(train_model, frozen_bn)
             if save_every and state.step % save_every == 0:
                 save_last()
+        check_weights()
     finally:
         progress.close()
     return state
 
 
-def local_loss(train_model, images, labels, split_index, loss_fn, runtime):
-    """This rank's loss sum and valid-pixel count (an empty share gives zeros that still take
-    part in the gradient reduction)."""
-    with runtime.autocast():
-        logits = train_model(images)['out']
-    logits = upsample(logits.float(), labels.shape[-2:])
-    loss_sum, pixel_count = loss_fn.sum_and_count(logits, labels, split_index)
-    return loss_sum, pixel_count, logits
+class Skips:
+    """Steps the float16 GradScaler skipped: each is logged; too many in a row end the run."""
+
+    def __init__(self, total=0):
+        self.total = int(total)
+        self.in_a_row = 0
+
+    def add(self, tag, step, log):
+        self.total += 1
+        self.in_a_row += 1
+        log(f'{tag} step {step}: float16 gradients overflowed; the GradScaler skipped the update and '
+            f'lowered its loss scale ({self.in_a_row} in a row, {self.total} in all)')
+        if self.in_a_row >= SKIPPED_STEPS_LIMIT:
+            raise TrainingDiverged(
+                f'{tag}: float16 gradients overflowed at {self.in_a_row} steps in a row (to step {step}), '
+                f'so the network no longer trains in float16; the last good checkpoint is kept '
+                f'(use --precision bf16 or fp32, or lower --lr)')
+
+    def reset(self):
+        self.in_a_row = 0
+
+
+def weights_diverged(tag, state):
+    return TrainingDiverged(
+        f'{tag}: the weights became NaN or infinite at step {state.step} (learning rate '
+        f'{state.optimizer.param_groups[0]["lr"]}); no checkpoint holds them, the last good one is kept')
+
+
+def local_loss(train_model, batch, loss_fn, runtime):
+    """This rank's loss sum and the logits at the label size (an empty share gives a zero sum
+    that still takes part in the gradient reduction)."""
+    logits = upsample(runtime.forward(train_model, batch.images).float(), batch.labels.shape[-2:])
+    loss_sum, _ = loss_fn.sum_and_count(logits, batch.labels, batch.split_index)
+    return loss_sum, logits
 
 
 def validate_now(state, hooks, train_confusion, tag, global_step):
