@@ -162,25 +162,86 @@ def find_list(info, root, list_name):
     raise InputError(f'list {list_name}.txt not found in {candidates[0].parent} or {candidates[1].parent}')
 
 
-def read_list(path):
-    """Read a list of ids; entries that are absolute or climb out with `..` are refused."""
-    path = Path(path)
+# Byte-order marks of the encodings an editor may save a list in instead of UTF-8; UTF-32's come
+# first because UTF-32-LE's begins with UTF-16-LE's.
+FOREIGN_BYTE_ORDER_MARKS = (
+    (b'\xff\xfe\x00\x00', 'UTF-32'), (b'\x00\x00\xfe\xff', 'UTF-32'),
+    (b'\xff\xfe', 'UTF-16'), (b'\xfe\xff', 'UTF-16'))
+
+
+def list_bytes(path):
+    """The raw content of a list file, or InputError naming it."""
+    if not path.exists():
+        raise InputError(f'list file {path} does not exist')
+    if not path.is_file():
+        raise InputError(f'list file {path} is not a file')
     try:
-        lines = path.read_text().splitlines()
+        return path.read_bytes()
     except OSError as error:
-        raise InputError(f'{path}: cannot read list ({error.strerror})') from None
-    names = []
-    for number, line in enumerate(lines, start=1):
+        raise InputError(f'list file {path} cannot be read ({error.strerror})') from None
+
+
+def list_text(path, data):
+    """A list's bytes decoded as UTF-8, a leading byte-order mark dropped.
+
+    The decoding is fixed rather than the locale's, so a run under LC_ALL=C reads non-ASCII ids
+    as any other run does; a BOM left in place would make the first id name a file that does not
+    exist. Any other encoding is refused, since its ids would name files that do not exist either.
+    """
+    for mark, encoding in FOREIGN_BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            raise InputError(f'list file {path} is saved as {encoding}; save it as UTF-8')
+    try:
+        text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        line = data.count(b'\n', 0, error.start) + 1
+        raise InputError(f'list file {path} is not UTF-8 text (line {line}); save it as UTF-8') from None
+    if '\0' in text:   # UTF-16 without a byte-order mark decodes as UTF-8 with NULs between letters
+        raise InputError(f'list file {path} holds NUL bytes (UTF-16 text?); save it as UTF-8')
+    return text
+
+
+def check_entry(path, number, name):
+    """An id names files under the data root: no absolute path, no `..`, no drive, no space, and
+    nothing invisible (a stray byte-order mark or a no-break space would name a missing file)."""
+    parts = name.replace('\\', '/').split('/')
+    if name.startswith(('/', '\\')) or '..' in parts or ':' in parts[0] or ' ' in name:
+        raise InputError(f'{path} line {number}: entry {name!r} is not a plain id inside the data root')
+    hidden = next((character for character in name if not character.isprintable()), None)
+    if hidden is not None:
+        raise InputError(f'{path} line {number}: entry {name!r} holds an invisible character '
+                         f'U+{ord(hidden):04X}')
+
+
+def read_numbered_list(path):
+    """The (line number, id) pairs of a list file, one id a line, in file order: every list
+    (dataset lists, split lists, generate_splits.py's input) is read here, one way.
+
+    Surrounding whitespace, blank lines and Windows line endings are ignored. Refused with one
+    line naming the file: a missing or unreadable file, text that is not UTF-8, an entry that is
+    not a plain id inside the data root, an id listed twice (it would be trained on twice, and
+    two label writers would write its pseudo label at once), and a list without ids.
+    """
+    path = Path(path)
+    text = list_text(path, list_bytes(path))
+    entries, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
-        parts = name.replace('\\', '/').split('/')
-        if name.startswith(('/', '\\')) or '..' in parts or ':' in parts[0] or ' ' in name:
-            raise InputError(f'{path} line {number}: entry {name!r} is not a plain id inside the data root')
-        names.append(name)
-    if not names:
-        raise InputError(f'{path}: list is empty')
-    return names
+        check_entry(path, number, name)
+        if name in first_line:
+            raise InputError(f'list file {path} has {name!r} twice (lines {first_line[name]} and {number})')
+        first_line[name] = number
+        entries.append((number, name))
+    if not entries:
+        raise InputError(f'list file {path} is empty (no names)')
+    return entries
+
+
+def read_list(path):
+    """The ids of a list file in file order (see `read_numbered_list` for what is refused)."""
+    return [name for _, name in read_numbered_list(path)]
 
 
 def load_image(path):

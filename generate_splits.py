@@ -10,6 +10,11 @@ Usage:
     python generate_splits.py --dataset voc --list voc_trainaug_sorted.txt
     python generate_splits.py --dataset city --list CITY_ROOT/data_lists/train.txt --out DIR
 
+Without `--out` the files go to the paper's shipped folder (data_splits/<dataset>), which every
+run reads by default: there a missing file may be added but none changed, so the paper's list
+regenerates the paper's splits, and any other list is refused before anything is written (pass
+`--out`).
+
 `--list` has no default: the full VOC train+aug list is not part of the VOC download (it is
 assembled from SBD), and the Cityscapes one is made by cityscapes_data_lists.py under the user's
 dataset root, so there is no path this script could guess reliably.
@@ -102,47 +107,63 @@ def make_splits(names, fractions, seed=PAPER_SEED, num_sets=PAPER_NUM_SETS):
 
 
 def read_list(path, sort=False):
-    """The names in a list file, one per line (surrounding whitespace and blank lines ignored).
+    """The names of a list file, read as every list is (data_processing.read_numbered_list:
+    UTF-8, one name a line, none twice), in sorted order.
 
     The paper's splits are defined on the sorted list, so an unsorted one is refused unless
-    `sort` asks to sort it here; a silently different order would give different splits.
+    `sort` asks to sort it here; a silently different order would give different splits. The
+    import is local because data_processing brings torch, seconds of start-up that
+    cityscapes_data_lists.py (which imports this module) and `--help` do not need.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f'list file {path} does not exist')
-    if not path.is_file():
-        raise InputError(f'list file {path} is not a file')
-    try:
-        text = path.read_text(encoding='utf-8')
-    except UnicodeDecodeError:
-        raise InputError(f'list file {path} is not UTF-8 text') from None
-    except OSError as error:
-        raise InputError(f'list file {path} cannot be read: {error.strerror}') from None
-    names, first_line = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if name in first_line:
-            raise InputError(f'list file {path} has {name!r} twice (lines {first_line[name]} '
-                             f'and {number})')
-        first_line[name] = number
-        names.append(name)
-    if not names:
-        raise InputError(f'list file {path} has no names')
+    from data_processing import read_numbered_list
+
+    entries = read_numbered_list(path)
+    names = [name for _, name in entries]
     if sort:
         return sorted(names)
-    for previous, name in zip(names, names[1:]):
+    for (_, previous), (number, name) in zip(entries, entries[1:]):
         if name < previous:
-            raise InputError(f'list file {path} is not sorted ({name!r} on line {first_line[name]} '
+            raise InputError(f'list file {path} is not sorted ({name!r} on line {number} '
                              f'comes after {previous!r}); pass --sort to sort it first')
     return names
+
+
+def file_bytes(lines):
+    """A split file's content: one line per entry, '\\n' endings, a final newline, UTF-8."""
+    return ''.join(f'{line}\n' for line in lines).encode('utf-8')
 
 
 def write_lines_atomic(path, lines):
     """Write one line per entry with '\\n' endings and a final newline, atomically."""
     with atomic_path(path) as temporary:
-        temporary.write_bytes(''.join(f'{line}\n' for line in lines).encode('utf-8'))
+        temporary.write_bytes(file_bytes(lines))
+
+
+def first_changed_file(folder, contents):
+    """The first file (in writing order) that exists in `folder` with other bytes than
+    `contents` gives it, or None when every file is absent or byte-identical."""
+    for file_name, data in contents.items():
+        path = folder / file_name
+        try:
+            if path.exists() and (not path.is_file() or path.read_bytes() != data):
+                return file_name
+        except OSError as error:
+            raise InputError(f'{path} cannot be read to compare it: {error.strerror}') from None
+    return None
+
+
+def files_to_write_into_shipped(folder, contents):
+    """The files to write into the paper's shipped split folder: only those it lacks.
+
+    The folder holds the splits every run reads by default, so it may only be completed, never
+    changed: regenerating the paper's splits from the paper's list writes nothing, and any other
+    list is refused, before anything is written, naming the first file that would change.
+    """
+    changed = first_changed_file(folder, contents)
+    if changed is not None:
+        raise InputError(f'{folder} holds the shipped splits and {changed} would change; '
+                         'pass --out DIR to write these splits elsewhere')
+    return {name: data for name, data in contents.items() if not (folder / name).exists()}
 
 
 def prepare_out_dir(out_dir):
@@ -178,7 +199,8 @@ def build_parser():
                         help='the full training list, sorted, one name per line')
     parser.add_argument('--out', type=Path, default=None,
                         help='output folder (default: data_splits/PASCAL_VOC_2012 or '
-                             'data_splits/Cityscapes beside this script)')
+                             'data_splits/Cityscapes beside this script, the shipped splits, '
+                             'where only missing files are written and none is changed)')
     parser.add_argument('--seed', type=int, default=PAPER_SEED,
                         help=f'random seed (default {PAPER_SEED}, the paper\'s)')
     parser.add_argument('--sets', type=int, default=PAPER_NUM_SETS,
@@ -191,6 +213,16 @@ def build_parser():
     return parser
 
 
+def write_split_files(out_dir, contents, blame):
+    """Write every file atomically; a failure names the folder by the flag it came from."""
+    for file_name, data in contents.items():
+        try:
+            with atomic_path(out_dir / file_name) as temporary:
+                temporary.write_bytes(data)
+        except OSError as error:
+            raise InputError(f'{blame}: cannot write {file_name}: {error.strerror}') from None
+
+
 def run(args):
     folder, default_fractions = DATASETS[args.dataset]
     fractions = default_fractions if args.fractions is None else parse_fractions(args.fractions)
@@ -201,13 +233,18 @@ def run(args):
         splits = make_splits(names, fractions, seed=args.seed, num_sets=args.sets)
     except ValueError as error:
         raise InputError(f'list file {args.list}: {error}') from None
-    out_dir = prepare_out_dir(args.out if args.out is not None else REPO_DIR / 'data_splits' / folder)
-    for file_name, lines in splits.items():
-        try:
-            write_lines_atomic(out_dir / file_name, lines)
-        except OSError as error:
-            raise InputError(f'--out {out_dir}: cannot write {file_name}: {error.strerror}') from None
-    print(f'wrote {len(splits)} split files for {len(names)} names to {out_dir}')
+    contents = {file_name: file_bytes(lines) for file_name, lines in splits.items()}
+    if args.out is None:
+        out_dir = REPO_DIR / 'data_splits' / folder
+        written = files_to_write_into_shipped(out_dir, contents)
+        write_split_files(out_dir, written, f'shipped split folder {out_dir}')
+        print(f'wrote {len(written)} of {len(contents)} split files for {len(names)} names to '
+              f'{out_dir}; the other {len(contents) - len(written)} were there already, '
+              'byte-identical')
+    else:
+        out_dir = prepare_out_dir(args.out)
+        write_split_files(out_dir, contents, f'--out {out_dir}')
+        print(f'wrote {len(contents)} split files for {len(names)} names to {out_dir}')
 
 
 def main(argv=None):

@@ -18,8 +18,19 @@ reads higher than one chosen elsewhere. Each run gives entries under named proto
     ` (flip)`, ` (sliding window)` when the evaluation used them.
 The paper's numbers were reported on `val`, so they are compared only with protocols reporting on
 `val`. Pseudo-labeling runs (state 0), self-training rounds that do not finish the schedule
-(`final: false`) and files of an unknown shape are skipped; a file that cannot be read or parsed,
-or holds a field of the wrong type, stops the program with one line naming it (exit status 2).
+(`final: false`) and files of an unknown shape (a JSON array or other non-object included) are
+skipped, the last with a note; a file that cannot be read or parsed, or holds a field of the
+wrong type, stops the program with one line naming it (exit status 2).
+
+One cell holds one run per split. Two results of one cell and split are the same run (a copy, or
+the same command run again) when every setting that changes a run's numbers and both record is
+equal: the training flags a `--resume` may not change (data root, lr, gamma, epochs, backbone,
+starting checkpoint, seed, ...) or an evaluation's checkpoint, data and scoring, read from the
+settings.json beside results.json, else from what results.json records (network, gamma, rounds,
+evaluated checkpoint). The same run found twice counts once, the newest file (then the path)
+winning. Two different runs are a conflict no rule can settle: a note names both files and the
+first setting that differs, and that split is left out of the cell (both runs), so that no mean
+silently mixes or picks between them; move one run's folder away to count the other.
 """
 import argparse
 import csv
@@ -48,6 +59,22 @@ PAPER_MIOU = {
     ('city', 'supervised'): {'30': 45.5, '8': 56.7, '4': 61.1, '1': 66.9},
     ('city', 'dst-cbc'): {'30': 48.7, '8': 60.5, '4': 64.4},
 }
+# What changes a run's numbers, as settings.json records it (the cell's own key, state, dataset,
+# split and sets_id, apart). A training run: the flags a --resume may not change
+# (utils/context.py RUN_DEFINING_FLAGS, kept equal by a test), but --pseudo-dir, which only
+# says where labels are written. An evaluation: its checkpoint, its data, its network and how it
+# scores.
+TRAINING_SETTINGS = (
+    'data_root_resolved', 'valtiny', 'backbone', 'head_branches', 'coco', 'from_scratch',
+    'mixed_precision', 'continue_from', 'batch_size', 'lr', 'weight_decay', 'init_epochs',
+    'st_epochs', 'st_lr', 'iters', 'round', 'init_label_ratio', 'det_label_ratio', 'label_ratio',
+    'gamma', 'val_num_steps', 'no_aug', 'crop_size', 'eval_size', 'seed', 'sync_bn', 'frozen_bn')
+EVALUATION_SETTINGS = (
+    'data_root_resolved', 'continue_from', 'valtiny', 'backbone', 'head_branches', 'coco',
+    'mixed_precision', 'eval_size', 'full_resolution', 'scales', 'flip', 'sliding_window',
+    'window_stride')
+JSON_KINDS = {list: 'array', str: 'string', int: 'number', float: 'number', bool: 'boolean',
+              type(None): 'null'}
 EXIT_NO_RUNS = 1
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_FAILED = 4   # as main.py's OutputError
@@ -76,10 +103,12 @@ class Entry:
     class_names: tuple
     path: Path
     mtime: float
+    settings: dict = field(default_factory=dict)   # what changes its numbers (see run_settings)
 
     @property
     def key(self):
-        """Two entries with the same key are the same run counted twice."""
+        """Entries with the same key claim one split of one cell: one run found twice, or a
+        conflict between different runs (see `one_run_per_split`)."""
         return (self.protocol, self.dataset, self.split, self.method, self.sets_id)
 
 
@@ -224,11 +253,40 @@ def evaluation_protocol(data, path):
     return name, reported
 
 
-def entries_from_results(data, path, mtime=0.0):
+def settings_in_results(data):
+    """The settings that change a run's numbers which results.json itself records: the network,
+    DST-CBC's gamma and rounds, the checkpoint an evaluation scored."""
+    found = {}
+    architecture = data.get('architecture')
+    if isinstance(architecture, dict):
+        found.update((name, architecture[name]) for name in ('backbone', 'head_branches')
+                     if name in architecture)
+    if data['state'] == 1:
+        found.update((name, data[name]) for name in ('gamma', 'iters', 'round') if name in data)
+    if data['state'] == 3:
+        for field_name, name in (('checkpoint', 'continue_from'),
+                                 ('source_experiment', 'source_experiment')):
+            if field_name in data:
+                found[name] = data[field_name]
+    return found
+
+
+def run_settings(data, settings):
+    """What defines the run of a results.json: the settings that change its numbers, from its
+    settings.json (`settings`, {} when there is none) where recorded, else from the results."""
+    names = EVALUATION_SETTINGS if data['state'] == 3 else TRAINING_SETTINGS
+    found = settings_in_results(data)
+    found.update((name, settings[name]) for name in names if name in settings)
+    return found
+
+
+def entries_from_results(data, path, mtime=0.0, settings=None):
     """The entries of one results.json: two per finished training run, one per evaluation, none
-    for anything else (pseudo labels, unfinished self-training chains)."""
-    if not isinstance(data, dict) or data.get('state') not in (1, 2, 3) \
-            or isinstance(data.get('state'), bool):
+    for anything else (pseudo labels, unfinished self-training chains). `settings` is the run's
+    settings.json, if any. A file that is not a JSON object is of an unknown shape."""
+    if not isinstance(data, dict):
+        raise UnknownShape(f'a JSON {JSON_KINDS.get(type(data), "value")}, not an object')
+    if data.get('state') not in (1, 2, 3) or isinstance(data.get('state'), bool):
         return []
     state = data['state']
     if state == 1 and get(data, 'final', (bool,), path) is False:
@@ -241,7 +299,8 @@ def entries_from_results(data, path, mtime=0.0):
     if not all(isinstance(name, str) for name in class_names):
         raise InvalidResults(f"{path}: 'class_names' holds a non-string")
     common = dict(dataset=dataset, split=split, method=method, sets_id=sets_id,
-                  class_names=class_names, path=Path(path), mtime=mtime)
+                  class_names=class_names, path=Path(path), mtime=mtime,
+                  settings=run_settings(data, settings or {}))
     if state == 3:
         protocol, reported = evaluation_protocol(data, path)
         require(data, 'miou')
@@ -264,14 +323,8 @@ def entries_from_results(data, path, mtime=0.0):
     return entries
 
 
-def collect_runs(folders, notes=None):
-    """Every entry under `folders`, one per run and protocol.
-
-    A run found twice (the same results copied into two folders) would count one split twice:
-    the newer file is kept and the pair goes into `notes` (printed on stderr by main).
-    Raises InvalidResults for a missing folder or a damaged file.
-    """
-    notes = [] if notes is None else notes
+def results_paths(folders):
+    """Every results.json under `folders`, each file once however often it is reached."""
     paths, seen = [], set()
     for folder in folders:
         if not os.path.isdir(folder):
@@ -280,26 +333,117 @@ def collect_runs(folders, notes=None):
             if path.resolve() not in seen:
                 seen.add(path.resolve())
                 paths.append(path)
-    kept = {}
-    for path in paths:
-        try:
-            mtime = path.stat().st_mtime
-            found = entries_from_results(read_json(path), path, mtime)
-        except UnknownShape as reason:
-            notes.append(f'note: skipped {path}: {reason} (not a results file this script knows)')
+    return paths
+
+
+def settings_beside(path, results, notes):
+    """The settings.json of the run whose results.json is `path` ({} when there is none).
+
+    A settings.json that cannot be read, or that another run of the same name wrote since (its
+    state or experiment differs), would compare the wrong run: it is set aside with a note.
+    """
+    settings_path = Path(path).parent / 'settings.json'
+    if not settings_path.is_file():
+        return {}
+    try:
+        settings = read_json(settings_path)
+    except InvalidResults as error:
+        notes.append(f'note: {error}; the run of {path} is compared by its results alone')
+        return {}
+    if not isinstance(settings, dict):
+        notes.append(f'note: {settings_path} is not a JSON object; the run of {path} is '
+                     'compared by its results alone')
+        return {}
+    for name, results_name in (('state', 'state'), ('exp_name', 'experiment')):
+        if name in settings and results_name in results \
+                and settings[name] != results[results_name]:
+            notes.append(f'note: {settings_path} is of another run ({name} '
+                         f'{json.dumps(settings[name])}, results {json.dumps(results[results_name])}); '
+                         f'the run of {path} is compared by its results alone')
+            return {}
+    return settings
+
+
+def read_entries(path, notes):
+    """The entries of one results.json, [] with a note when it is of an unknown shape."""
+    try:
+        mtime = path.stat().st_mtime
+        data = read_json(path)
+        settings = settings_beside(path, data, notes) if isinstance(data, dict) else {}
+        return entries_from_results(data, path, mtime, settings)
+    except UnknownShape as reason:
+        notes.append(f'note: skipped {path}: {reason} (not a results file this script knows)')
+        return []
+    except OSError as error:
+        raise InvalidResults(f'{path}: cannot read: {error.strerror or error}') from None
+
+
+def setting_name(name):
+    """A setting as the user knows it: its flag, or the results field it came from."""
+    if name == 'data_root_resolved':
+        return '--data-root'
+    if name == 'source_experiment':
+        return 'source_experiment'
+    return '--' + name.replace('_', '-')
+
+
+def first_difference(one, other):
+    """The first setting both runs record with different values, as text, or None."""
+    for name in one:
+        if name in other and one[name] != other[name]:
+            return f'{setting_name(name)} ({json.dumps(one[name])} vs {json.dumps(other[name])})'
+    return None
+
+
+def cell_name(entry):
+    dataset = DATASET_NAMES.get(entry.dataset, entry.dataset)
+    method = METHOD_NAMES.get(entry.method, entry.method)
+    return f'{dataset} {fraction_label(entry.split)} {method}, split {entry.sets_id}'
+
+
+def add_note(notes, note):
+    """A note once, though the two protocols of a training run would give it twice."""
+    if note not in notes:
+        notes.append(note)
+
+
+def one_run_per_split(entries, notes):
+    """At most one entry per key (protocol, dataset, fraction, method, split).
+
+    Entries recording the same settings are one run found twice (a copied folder, a command run
+    again): the newest file wins (then the path, for equal times), with a note. Entries that
+    differ in a setting are different runs claiming one split: no rule can say which the table
+    means, so neither is kept, and the note names both files and the setting.
+    """
+    kept, conflicting = {}, set()
+    for entry in sorted(entries, key=lambda entry: (entry.mtime, str(entry.path))):
+        older = kept.get(entry.key)
+        kept[entry.key] = entry
+        if older is None:
             continue
-        except OSError as error:
-            raise InvalidResults(f'{path}: cannot read: {error.strerror or error}') from None
-        for entry in found:
-            other = kept.get(entry.key)
-            if other is not None:
-                older, entry = sorted((other, entry), key=lambda e: (e.mtime, str(e.path)))
-                note = (f'note: the same run in {entry.path} and {older.path}: '
-                        f'using the newer, {entry.path}')
-                if note not in notes:
-                    notes.append(note)
-            kept[entry.key] = entry
-    return list(kept.values())
+        difference = first_difference(older.settings, entry.settings)
+        if difference is None:
+            add_note(notes, f'note: the same run in {entry.path} and {older.path}: '
+                            f'using the newer, {entry.path}')
+        else:
+            conflicting.add(entry.key)
+            add_note(notes, f'note: different runs for {cell_name(entry)}: {older.path} and '
+                            f'{entry.path} differ in {difference}; both are left out of the '
+                            'tables (move one away to count the other)')
+    return [entry for key, entry in kept.items() if key not in conflicting]
+
+
+def collect_runs(folders, notes=None):
+    """Every entry under `folders`, one per run and protocol (see `one_run_per_split`).
+
+    Skipped files, runs found twice and different runs claiming one split go into `notes`
+    (printed on stderr by main). Raises InvalidResults for a missing folder or a damaged file.
+    """
+    notes = [] if notes is None else notes
+    entries = []
+    for path in results_paths(folders):
+        entries.extend(read_entries(path, notes))
+    return one_run_per_split(entries, notes)
 
 
 # ---------------------------------------------------------------- summarising

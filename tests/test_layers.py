@@ -15,12 +15,13 @@ LAYERS = [
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference'},
     # 2: writing files, several processes
     {'utils.files', 'utils.distributed'},
-    # 3: data, network, checkpoints, experiment outputs; the split rule
-    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'generate_splits'},
-    # 4: building blocks over those (and the models package, which re-exports the network)
-    {'utils.data_check', 'utils.training', 'utils.cbc', 'utils.synthetic', 'models'},
-    # 5: the orchestration every state shares
-    {'utils.context'},
+    # 3: data (and the one list reader), network, checkpoints, experiment outputs
+    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment'},
+    # 4: building blocks over those (and the models package, which re-exports the network); the
+    # split rule, which reads its list with data_processing's reader
+    {'utils.data_check', 'utils.training', 'utils.cbc', 'models', 'generate_splits'},
+    # 5: the orchestration every state shares; the synthetic set, split by the paper's rule
+    {'utils.context', 'utils.synthetic'},
     # 6: the states
     {'utils.supervised', 'utils.pseudo_labeling', 'utils.evaluation'},
     # 7: self-training runs a supervised warm-up first

@@ -252,6 +252,99 @@ def test_duplicate_run_keeps_the_newer_file(runs, tmp_path, capsys):
     assert 'same run' not in capsys.readouterr().err
 
 
+TRAINING_SETTINGS = {'state': 2, 'exp_name': 'run_voc_106-0', 'dataset': 'voc', 'split': '106',
+                     'sets_id': 0, 'data_root_resolved': '/data/VOC2012', 'lr': 0.002,
+                     'gamma': 0.0, 'init_epochs': 30, 'backbone': 'resnet101', 'seed': 0,
+                     'continue_from': None, 'workers': 4, 'device': 'cuda'}
+
+
+def write_settings(results_path, **changes):
+    settings = dict(TRAINING_SETTINGS, **changes)
+    (results_path.parent / 'settings.json').write_text(json.dumps(settings))
+
+
+@pytest.mark.parametrize('changes,shown', [
+    ({'lr': 0.001}, '--lr (0.002 vs 0.001)'),
+    ({'data_root_resolved': '/other/VOC2012'}, '--data-root ("/data/VOC2012" vs "/other/VOC2012")'),
+    ({'init_epochs': 60}, '--init-epochs (30 vs 60)'),
+    ({'continue_from': 'coco.pt'}, '--continue-from (null vs "coco.pt")'),
+])
+def test_different_runs_of_one_split_are_reported_not_silently_chosen(runs, tmp_path, capsys,
+                                                                      changes, shown):
+    first = runs / 'logs' / 'fs_voc_106-0' / 'results.json'
+    write_settings(first)
+    second = write_run(tmp_path / 'other', 'fs_voc_106-0',
+                       training_run(2, 'voc', '106', 0, 0.4711, 0.4500), mtime=2_000_000)
+    write_settings(second, **changes)
+    assert paper_table.main([str(runs), str(tmp_path / 'other'), '--protocol', 'best on val']) == 0
+    captured = capsys.readouterr()
+    # Neither the newer (47.11) nor the older (45.71) stands for split 0: only split 1 is left.
+    cells = miou_cells(captured.out, 'VOC mIoU')
+    assert cells['supervised', '1/106'] == ('46.33 (n=1)', '45.7', '+0.63')
+    assert captured.err == (f'note: different runs for VOC 1/106 supervised, split 0: {first} and '
+                            f'{second} differ in {shown}; both are left out of the tables (move '
+                            'one away to count the other)\n')
+
+
+def test_settings_that_do_not_change_the_numbers_leave_it_the_same_run(runs, tmp_path, capsys):
+    older = runs / 'logs' / 'fs_voc_106-0' / 'results.json'
+    write_settings(older)
+    newer = write_run(tmp_path / 'other', 'fs_voc_106-0',
+                      training_run(2, 'voc', '106', 0, 0.4711, 0.4500), mtime=2_000_000)
+    write_settings(newer, workers=0, device='cpu', pseudo_dir='elsewhere')
+    assert paper_table.main([str(runs), str(tmp_path / 'other'), '--protocol', 'best on val']) == 0
+    captured = capsys.readouterr()
+    assert miou_cells(captured.out, 'VOC mIoU')['supervised', '1/106'][0] == '46.72 ± 0.55 (n=2)'
+    assert captured.err == (f'note: the same run in {newer} and {older}: using the newer, '
+                            f'{newer}\n')
+
+
+def test_without_settings_json_what_results_json_records_tells_runs_apart(tmp_path, capsys):
+    # The network (results.json 'architecture') and DST-CBC's gamma are recorded in the results.
+    for folder, backbone, gamma, best in (('a', 'resnet101', 2.0, 0.6050), ('b', 'resnet14', 2.0, 0.5000),
+                                          ('c', 'resnet101', 0.0, 0.6200)):
+        data = training_run(1, 'voc', '106', 0, best, best)
+        data.update(architecture={'backbone': backbone, 'head_branches': 2}, gamma=gamma)
+        write_run(tmp_path / folder, 'ss_voc_106-0', data, mtime={'a': 1, 'b': 2, 'c': 3}[folder])
+    assert paper_table.main([str(tmp_path / 'a'), str(tmp_path / 'b'), '--protocol',
+                             'best on val']) == 1   # the only run's split is left out
+    err = capsys.readouterr().err
+    assert '--backbone ("resnet101" vs "resnet14")' in err
+    assert paper_table.main([str(tmp_path / 'a'), str(tmp_path / 'c'), '--protocol',
+                             'best on val']) == 1
+    assert '--gamma (2.0 vs 0.0)' in capsys.readouterr().err
+
+
+def test_evaluations_of_different_checkpoints_are_different_runs(tmp_path, capsys):
+    for name, checkpoint in (('eval_a', 'fs_voc_106-0.pt'), ('eval_b', 'other/fs_voc_106-0.pt')):
+        data = evaluation_run(0.4420)
+        data['checkpoint'] = checkpoint
+        write_run(tmp_path, name, data)
+    assert paper_table.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert 'differ in --continue-from ("fs_voc_106-0.pt" vs "other/fs_voc_106-0.pt")' in err
+
+
+def test_a_settings_json_of_another_run_is_set_aside(runs, tmp_path, capsys):
+    # A later state 3 under the run's name rewrote its settings.json: it says nothing of the run.
+    results = runs / 'logs' / 'fs_voc_106-0' / 'results.json'
+    write_settings(results, state=3, lr=0.5)
+    copy = write_run(tmp_path / 'copy', 'fs_voc_106-0', json.loads(results.read_text()),
+                     mtime=2_000_000)
+    assert paper_table.main([str(runs), str(tmp_path / 'copy'), '--protocol', 'best on val']) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"note: {results.parent / 'settings.json'} is of another run (state 3, "
+                      f'results 2); the run of {results} is compared by its results alone')
+    assert err[1].startswith(f'note: the same run in {copy} and {results}')
+
+
+def test_the_training_settings_are_those_a_resume_may_not_change():
+    from utils.context import RUN_DEFINING_FLAGS
+    in_the_key, only_where_labels_go = {'state', 'dataset', 'split', 'sets_id'}, {'pseudo_dir'}
+    assert set(paper_table.TRAINING_SETTINGS) == \
+        set(RUN_DEFINING_FLAGS) - in_the_key - only_where_labels_go
+
+
 def test_nested_working_folders_are_found(runs, tmp_path, capsys):
     assert paper_table.main([str(tmp_path), '--protocol', 'best on val']) == 0
     assert '46.02 ± 0.44 (n=2)' in capsys.readouterr().out
@@ -352,15 +445,25 @@ def test_wrong_field_type_is_an_error(tmp_path, capsys, field, value, message):
 def test_unknown_shapes_are_skipped_and_no_runs_is_reported(tmp_path, capsys):
     write_run(tmp_path, 'labels', {'state': 0, 'thresholds': [0.5]})
     write_run(tmp_path, 'old', {'state': 2, 'best_miou': 0.5})   # an older format: no dataset
-    write_run(tmp_path, 'list', [1, 2, 3])
     assert paper_table.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith('note: skipped ') and "no 'dataset'" in err[0]
     assert err[-1].startswith('error: no finished run')
-    assert len(err) == 2
+    assert len(err) == 2   # state 0 is skipped without a note: it never gives a number
 
     assert paper_table.main([str(tmp_path / 'absent')]) == 2
     assert capsys.readouterr().err == f'error: {tmp_path / "absent"}: no such folder\n'
+
+
+@pytest.mark.parametrize('data,kind', [([1, 2, 3], 'array'), ('"results"', 'string'),
+                                       ('0.61', 'number'), ('null', 'null')])
+def test_results_that_are_not_an_object_get_a_note_naming_the_file(runs, capsys, data, kind):
+    path = write_run(runs, 'fs_voc_50-0', json.dumps(data) if isinstance(data, list) else data)
+    assert paper_table.main([str(runs), '--protocol', 'best on val']) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f'note: skipped {path}: a JSON {kind}, not an object '
+                            '(not a results file this script knows)\n')
+    assert '46.02 ± 0.44 (n=2)' in captured.out   # the other runs are still counted
 
 
 def test_binary_file_is_an_error_naming_it(tmp_path, capsys):

@@ -1,11 +1,14 @@
-"""generate_splits.py: the paper's splits byte for byte, the k rule by hand, and bad lists."""
+"""generate_splits.py: the paper's splits byte for byte, the k rule by hand, bad lists, and the
+shipped splits never changed. The script runs in-process (its `main`), which saves a Python start
+and the imports of data_processing per call."""
 import random
-import subprocess
-import sys
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import generate_splits
 from generate_splits import (check_fractions, fraction_name, labeled_count, make_splits,
                              read_list)
 from utils.errors import InputError
@@ -22,9 +25,18 @@ SPEC_ONLY_FILES = {
 }
 
 
-def run_script(repo_root, *args):
-    return subprocess.run([sys.executable, str(repo_root / 'generate_splits.py'), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+@pytest.fixture
+def run_script(capsys):
+    """generate_splits.py's command line called in this process: its exit status and output."""
+    def run(*args):
+        try:
+            generate_splits.main([str(arg) for arg in args])
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=status, stdout=captured.out, stderr=captured.err)
+    return run
 
 
 def split_files(folder):
@@ -125,11 +137,11 @@ def test_too_few_names_for_a_fraction():
 
 # --- the paper's splits ---------------------------------------------------------------------
 
-def test_reproduces_reference_splits_byte_for_byte(shared_dir, repo_root, tmp_path):
+def test_reproduces_reference_splits_byte_for_byte(shared_dir, repo_root, tmp_path, run_script):
     compared = 0
     for flag, (folder, list_name) in DATASETS.items():
         out = tmp_path / folder
-        result = run_script(repo_root, '--dataset', flag,
+        result = run_script('--dataset', flag,
                             '--list', shared_dir / 'reference' / 'lists' / list_name, '--out', out)
         assert result.returncode == 0, result.stderr
         produced = split_files(out)
@@ -143,6 +155,46 @@ def test_reproduces_reference_splits_byte_for_byte(shared_dir, repo_root, tmp_pa
         assert produced == split_files(repo_root / 'data_splits' / folder)
         assert not [path for path in out.iterdir() if path.name.endswith('.tmp')]
     assert compared == 60
+
+
+@pytest.fixture
+def shipped_copy(repo_root, tmp_path, monkeypatch):
+    """The script's repository moved to a copy of data_splits/PASCAL_VOC_2012, so that a test of
+    the shipped folder can never change the real one (as the old code did)."""
+    copy = tmp_path / 'repo'
+    shutil.copytree(repo_root / 'data_splits' / 'PASCAL_VOC_2012',
+                    copy / 'data_splits' / 'PASCAL_VOC_2012')
+    monkeypatch.setattr(generate_splits, 'REPO_DIR', copy)
+    return copy / 'data_splits' / 'PASCAL_VOC_2012'
+
+
+def test_another_list_without_out_leaves_the_shipped_splits_alone(shipped_copy, tmp_path,
+                                                                  run_script):
+    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+              for path in shipped_copy.iterdir()}
+    mine = write(tmp_path / 'my_train.txt', ''.join(f'img{i:04d}\n' for i in range(300)))
+    result = run_script('--dataset', 'voc', '--list', mine)
+    assert_one_line_error(result, shipped_copy, '1_labeled_0.txt would change', '--out DIR')
+    assert result.stdout == ''
+    after = {path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+             for path in shipped_copy.iterdir()}
+    assert after == before   # not one file written, not even an identical one
+
+
+def test_the_papers_list_without_out_only_restores_missing_files(shared_dir, shipped_copy,
+                                                                 run_script):
+    paper_list = shared_dir / 'reference' / 'lists' / 'voc_trainaug_sorted.txt'
+    shipped = split_files(shipped_copy)
+    result = run_script('--dataset', 'voc', '--list', paper_list)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (f'wrote 0 of 39 split files for 10582 names to {shipped_copy}; '
+                             'the other 39 were there already, byte-identical\n')
+    (shipped_copy / '8_labeled_2.txt').unlink()
+    result = run_script('--dataset', 'voc', '--list', paper_list)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f'wrote 1 of 39 split files for 10582 names to {shipped_copy}; '
+                                    'the other 38 ')
+    assert split_files(shipped_copy) == shipped
 
 
 def test_repo_data_splits_equal_reference(shared_dir, repo_root):
@@ -171,21 +223,21 @@ def write(path, text):
     return path
 
 
-def test_missing_list_file(repo_root, tmp_path):
+def test_missing_list_file(tmp_path, run_script):
     missing = tmp_path / 'nope.txt'
-    result = run_script(repo_root, '--dataset', 'voc', '--list', missing, '--out', tmp_path / 'o')
+    result = run_script('--dataset', 'voc', '--list', missing, '--out', tmp_path / 'o')
     assert_one_line_error(result, missing)
     assert not (tmp_path / 'o').exists()
 
 
-def test_unsorted_list_is_refused_unless_sort(repo_root, tmp_path):
+def test_unsorted_list_is_refused_unless_sort(tmp_path, run_script):
     names = [f'n{i:02d}' for i in range(30)]
     unsorted = write(tmp_path / 'unsorted.txt', ''.join(f'{n}\n' for n in reversed(names)))
-    result = run_script(repo_root, '--dataset', 'city', '--list', unsorted, '--out', tmp_path / 'o')
+    result = run_script('--dataset', 'city', '--list', unsorted, '--out', tmp_path / 'o')
     assert_one_line_error(result, unsorted, 'not sorted', '--sort')
     assert not (tmp_path / 'o').exists()
 
-    result = run_script(repo_root, '--dataset', 'city', '--list', unsorted, '--out', tmp_path / 'o',
+    result = run_script('--dataset', 'city', '--list', unsorted, '--out', tmp_path / 'o',
                         '--sort', '--fractions', '2,4')
     assert result.returncode == 0, result.stderr
     expected = make_splits(names, [2, 4])
@@ -194,31 +246,31 @@ def test_unsorted_list_is_refused_unless_sort(repo_root, tmp_path):
                         for name, lines in expected.items()}
 
 
-def test_duplicate_names(repo_root, tmp_path):
+def test_duplicate_names(tmp_path, run_script):
     listed = write(tmp_path / 'dups.txt', 'a\nb\nb\nc\n')
-    result = run_script(repo_root, '--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
+    result = run_script('--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
     assert_one_line_error(result, listed, "'b'", 'lines 2 and 3')
 
 
-def test_empty_list(repo_root, tmp_path):
+def test_empty_list(tmp_path, run_script):
     listed = write(tmp_path / 'empty.txt', '\n\n')
-    result = run_script(repo_root, '--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
+    result = run_script('--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
     assert_one_line_error(result, listed, 'no names')
 
 
-def test_bad_fractions_flag(repo_root, tmp_path):
+def test_bad_fractions_flag(tmp_path, run_script):
     listed = write(tmp_path / 'l.txt', 'a\nb\nc\n')
-    result = run_script(repo_root, '--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o',
+    result = run_script('--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o',
                         '--fractions', '2,x')
     assert_one_line_error(result, '--fractions')
-    result = run_script(repo_root, '--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o',
+    result = run_script('--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o',
                         '--fractions', '1')
     assert_one_line_error(result, '--fractions')
 
 
-def test_list_too_short_for_fraction_names_the_file(repo_root, tmp_path):
+def test_list_too_short_for_fraction_names_the_file(tmp_path, run_script):
     listed = write(tmp_path / 'short.txt', 'a\nb\nc\n')
-    result = run_script(repo_root, '--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
+    result = run_script('--dataset', 'voc', '--list', listed, '--out', tmp_path / 'o')
     assert_one_line_error(result, listed, 'too few')
 
 
