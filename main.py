@@ -3,21 +3,26 @@
 Flags keep the meaning they had in the original program (spec section 11); this file only reads
 them and hands a RunContext to the state's function.
 """
+import sys
+
+if sys.version_info < (3, 10):
+    sys.exit(f'error: Python {sys.version.split()[0]} is older than 3.10, the oldest this program runs on')
+
 import argparse
 import math
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 import data_processing as dp
 from models import BACKBONES
 from utils import distributed
 from utils.context import RunContext, resolve_architecture, torch_versions
-from utils.errors import InputError, PeerFailure, RunError, one_line
+from utils.errors import InputError, OutOfMemory, PeerFailure, RunError, one_line
 from utils.evaluation import run_evaluation
 from utils.device import configure_backends, use_channels_last
 from utils.experiment import (AUTOCAST_DTYPES, Experiment, choose_device, describe_precision,
@@ -26,6 +31,7 @@ from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.supervised import run_supervised
 from utils.training import Runtime
+from utils.versions import check_versions
 
 STATES = {0: run_pseudo_labeling, 1: run_self_training, 2: run_supervised, 3: run_evaluation}
 EXIT_INPUT = InputError.exit_status
@@ -278,6 +284,7 @@ def build_runtime(args, device):
 
 
 def run(args, argv):
+    check_versions(torch.__version__, torchvision.__version__)
     device = distributed.init(choose_device(args.device), args.dist_timeout)
     configure_backends(device)
     runtime = build_runtime(args, device)
@@ -294,13 +301,16 @@ def main(argv=None):
     try:
         run(parse_args(argv), argv)
     except RunError as error:
-        print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
-        return error.exit_status
+        return fail(error)
     except KeyboardInterrupt:
         print('stopped: interrupted (a second Ctrl-C stops without saving)', file=sys.stderr)
         return 130
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        return fail(OutOfMemory(f'out of memory: {one_line(error)[:300]} (lower --batch-size or --crop-size, '
+                                f'use --precision bf16 or fp16, or fewer --workers for host memory)'))
     except Exception as error:
         if not distributed.is_distributed_error(error):
+            distributed.report_failure(f'{type(error).__name__}: {one_line(error)[:200]}')
             raise
         print(f'error: lost contact with another process ({one_line(error)[:200]}); '
               f'see the other processes\' messages', file=sys.stderr)
@@ -308,6 +318,13 @@ def main(argv=None):
     finally:
         distributed.shutdown()
     return 0
+
+
+def fail(error):
+    """Print the one line; in a run of several processes, tell the others."""
+    print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
+    distributed.report_failure(one_line(error))
+    return error.exit_status
 
 
 if __name__ == '__main__':

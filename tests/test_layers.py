@@ -12,9 +12,10 @@ LAYERS = [
     # 1: where tensors live (the one home of device moves and host reads)
     {'utils.device'},
     # 1b: no project imports but the constants and the device helpers
-    {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference'},
+    {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference',
+     'utils.failure_watch'},
     # 2: writing files, several processes
-    {'utils.files', 'utils.distributed'},
+    {'utils.files', 'utils.distributed', 'utils.versions'},
     # 3: data (and the one list reader), network, checkpoints, experiment outputs
     {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment'},
     # 4: building blocks over those (and the models package, which re-exports the network); the

@@ -7,12 +7,17 @@ SLURM_LOCALID, plus MASTER_ADDR/MASTER_PORT). One process per device: NCCL on CU
 
 Errors: a process that fails must not leave the others waiting forever in a collective. Where
 ranks can diverge (a data error on one of them, a stop request), they meet in `agree_on_errors`
-or in the training step's one reduction (utils/training.py `agree_on_step`), which every rank reaches, and all of them raise the same one-line error; a
-collective that waits longer than the timeout becomes a PeerFailure rather than a hang.
+or in the training step's one reduction (utils/training.py `agree_on_step`), which every rank
+reaches, and all of them raise the same one-line error. A failure no collective can carry (out of
+memory or a bug on one rank mid-step, a rank killed outright) reaches the others through the
+failure watch (utils/failure_watch.py). A collective that waits longer than --dist-timeout raises
+in Python on both backends: under NCCL that needs TORCH_NCCL_BLOCKING_WAIT=1, set here unless the
+user set it (otherwise NCCL's watchdog tears the process down without a message).
 """
 import datetime
 import os
 import subprocess
+import time
 
 import torch
 import torch.distributed as dist
@@ -20,6 +25,7 @@ import torch.distributed as dist
 from utils import errors
 from utils.device import host_values, to_host
 from utils.errors import InputError, PeerFailure
+from utils.failure_watch import FailureWatch, store_client
 
 BACKENDS = {'cuda': 'nccl', 'cpu': 'gloo'}
 
@@ -62,8 +68,12 @@ def init(device, timeout_seconds):
         torch.cuda.set_device(device)
     if device.type not in BACKENDS:
         raise InputError(f'--device {device}: several processes need cuda or cpu')
+    if device.type == 'cuda':
+        os.environ.setdefault('TORCH_NCCL_BLOCKING_WAIT', '1')
     dist.init_process_group(BACKENDS[device.type], rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_seconds))
+    global _watch
+    _watch = FailureWatch(store_client(), rank).start()
     return device
 
 
@@ -83,7 +93,22 @@ def rank_device(device, local_rank, visible):
     return torch.device('cuda', local_rank)
 
 
+_watch = None   # this process's FailureWatch while it belongs to a process group
+
+
+def report_failure(message):
+    """This process ends with an error: tell the others (they may be waiting in a collective for
+    it), and give them a moment to read it before this process (which may host the store) exits."""
+    if _watch is not None:
+        _watch.report(message)
+        time.sleep(_watch.poll + 0.5)
+
+
 def shutdown():
+    global _watch
+    if _watch is not None:
+        _watch.close()
+        _watch = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -36,6 +36,11 @@ class Interrupted(RunError):
     prefix = 'stopped'
 
 
+class OutOfMemory(RunError):
+    """The device (or host) ran out of memory; the message says what to lower."""
+    exit_status = 6
+
+
 class PeerFailure(RunError):
     """Another process of a distributed run failed or was lost; its message is repeated here."""
     exit_status = 5

@@ -132,12 +132,15 @@ class Resize:
 
 
 def resize_label(label, size):
-    """Nearest-exact resize of an integer label map [H, W] (aligned with `Resize`'s image)."""
+    """Nearest-exact resize of an integer label map [H, W] (aligned with `Resize`'s image).
+
+    torch's interpolate, not torchvision's mask resize: before torchvision 0.28 that ignores the
+    interpolation asked for and uses plain 'nearest', half a pixel off from the image.
+    """
     size = (int(size[0]), int(size[1]))
     if tuple(label.shape[-2:]) == size:
         return label
-    mask = TF.resize(tv_tensors.Mask(label[None]), list(size), InterpolationMode.NEAREST_EXACT)
-    return mask.as_subclass(torch.Tensor)[0]
+    return F.interpolate(label[None, None], size=size, mode='nearest-exact')[0, 0]
 
 
 class ScaleCropFlip:
