@@ -66,12 +66,12 @@ PAPER_MIOU = {
 # scores.
 TRAINING_SETTINGS = (
     'data_root_resolved', 'valtiny', 'backbone', 'head_branches', 'coco', 'from_scratch',
-    'mixed_precision', 'continue_from', 'batch_size', 'lr', 'weight_decay', 'init_epochs',
+    'mixed_precision', 'precision', 'continue_from', 'batch_size', 'lr', 'weight_decay', 'init_epochs',
     'st_epochs', 'st_lr', 'iters', 'round', 'init_label_ratio', 'det_label_ratio', 'label_ratio',
     'gamma', 'val_num_steps', 'no_aug', 'crop_size', 'eval_size', 'seed', 'sync_bn', 'frozen_bn')
 EVALUATION_SETTINGS = (
     'data_root_resolved', 'continue_from', 'valtiny', 'backbone', 'head_branches', 'coco',
-    'mixed_precision', 'eval_size', 'full_resolution', 'scales', 'flip', 'sliding_window',
+    'mixed_precision', 'precision', 'eval_size', 'full_resolution', 'scales', 'flip', 'sliding_window',
     'window_stride')
 JSON_KINDS = {list: 'array', str: 'string', int: 'number', float: 'number', bool: 'boolean',
               type(None): 'null'}
