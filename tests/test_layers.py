@@ -13,8 +13,9 @@ LAYERS = [
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference'},
     # 2: writing files, several processes
     {'utils.files', 'utils.distributed'},
-    # 3: data, network, checkpoints, experiment outputs; the split rule
-    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'generate_splits'},
+    # 3: data, network, checkpoints, experiment outputs and their checks; the split rule
+    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'utils.guards',
+     'generate_splits'},
     # 4: building blocks over those (and the models package, which re-exports the network)
     {'utils.data_check', 'utils.training', 'utils.cbc', 'utils.synthetic', 'models'},
     # 5: the orchestration every state shares

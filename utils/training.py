@@ -355,7 +355,11 @@ def validate_now(state, hooks, train_confusion, tag, global_step):
     train_confusion.all_reduce()
     train_scores = train_confusion.compute()
     train_confusion.reset()
-    scores = hooks.validate().compute()
+    try:
+        scores = hooks.validate().compute()
+    except InputError:
+        hooks.save_last(state)   # a file broken mid-run; the step was completed: the state is whole
+        raise
     for name, value in (('pixel_accuracy', scores.pixel_accuracy), ('miou', scores.miou)):
         hooks.scalar(f'val/{name}', value, global_step)
     if not math.isnan(train_scores.miou):
