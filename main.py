@@ -21,12 +21,14 @@ import torchvision
 import data_processing as dp
 from models import BACKBONES
 from utils import distributed
-from utils.context import RunContext, resolve_architecture, torch_versions
-from utils.errors import InputError, OutOfMemory, PeerFailure, RunError, one_line
-from utils.evaluation import run_evaluation
+from utils.cbc import file_sha256
+from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
 from utils.device import configure_backends, use_channels_last
+from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, one_line
+from utils.evaluation import run_evaluation
 from utils.experiment import (AUTOCAST_DTYPES, Experiment, choose_device, describe_precision,
-                              resolve_precision)
+                              resolve_precision, signals_stop_the_run)
+from utils.guards import TRAINING_STATES, check_name_once, check_outputs
 from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.supervised import run_supervised
@@ -34,6 +36,7 @@ from utils.training import Runtime
 from utils.versions import check_versions
 
 STATES = {0: run_pseudo_labeling, 1: run_self_training, 2: run_supervised, 3: run_evaluation}
+DEFAULT_ROUND_EPOCHS = 6          # the original's --st-epochs 6 6 6 6 6
 EXIT_INPUT = InputError.exit_status
 
 
@@ -85,7 +88,15 @@ def non_negative_number(text):
     return finite_number(text, 0.0, True, '>= 0')
 
 
-ratio = positive_number
+def label_ratio(text):
+    """A CBC ratio: the share of each class's most confident pixels kept. 1 keeps every pixel's
+    prediction and so does anything above 1 (spec section 7), so values above 1 are refused
+    rather than taken silently as 1."""
+    value = finite_number(text, 0.0, False, 'in (0, 1]')
+    if value > 1:
+        raise argparse.ArgumentTypeError(f'must be a number in (0, 1], got {text} (1 already keeps every '
+                                          f'pixel\'s predicted class)')
+    return value
 
 
 def build_parser():
@@ -98,12 +109,20 @@ def build_parser():
                       help='voc: PASCAL VOC 2012 (21 classes); city: Cityscapes (19 classes)')
     what.add_argument('--data-root', default=None,
                       help='dataset folder; else $DSTCBC_VOC_ROOT / $DSTCBC_CITY_ROOT, else ./data/...')
-    what.add_argument('--exp-name', default=None, help='names every output; default: a timestamp')
+    what.add_argument('--exp-name', default=None,
+                      help='names every output, and holds one run: a name whose files hold another run is '
+                           'refused (see --resume, --overwrite); default: a timestamp and the process id')
     what.add_argument('--continue-from', default=None,
                       help='checkpoint to start from (state 2: e.g. voc_coco_resnet101.pt), to label '
                            'with (0), to self-train from (1) or to evaluate (3)')
     what.add_argument('--resume', action='store_true',
-                      help='continue the killed run of --exp-name from logs/<exp-name>/last.pt')
+                      help='states 1 and 2: continue the killed run of --exp-name from logs/<exp-name>/last.pt '
+                           '(states 0 and 3 keep no state: they run from the start)')
+    what.add_argument('--overwrite', action='store_true',
+                      help='let this run replace what an earlier run of --exp-name left: its best checkpoint '
+                           '<exp-name>.pt, results.json and settings.json (or --results-file), and an '
+                           'unfinished run\'s last.pt. Each is replaced when this run writes its own, never '
+                           'deleted up front')
     what.add_argument('--split', default='1', help='labeled fraction 1/S, e.g. 106 (1 = all)')
     what.add_argument('--sets-id', type=non_negative_int, default=0, help='which random split (0, 1, 2)')
     what.add_argument('--valtiny', action='store_true', help='validate on the small valtiny list')
@@ -143,22 +162,29 @@ def build_parser():
     train.add_argument('--batch-size', type=positive_int, default=8)
     train.add_argument('--lr', type=positive_number, default=0.002, help='supervised learning rate')
     train.add_argument('--weight-decay', type=non_negative_number, default=5e-4)
-    train.add_argument('--init-epochs', type=non_negative_int, default=None,
-                       help='supervised epochs: state 2 (default 30, VOC full); in state 1 a supervised '
-                            'warm-up before the rounds (default 0)')
-    train.add_argument('--st-epochs', type=non_negative_int, nargs='+', default=[6, 6, 6, 6, 6],
-                       help='epochs of each self-training round')
+    train.add_argument('--init-epochs', type=non_negative_int, default=30,
+                       help='supervised epochs (the original\'s default in every state): state 2 trains for '
+                            'them; state 1 first trains them as a warm-up before round 1, on batches of '
+                            'half --batch-size, validating every 1000 steps, as the original did (pass 0 '
+                            'to self-train from a trained baseline, as the scripts do)')
+    train.add_argument('--st-epochs', type=non_negative_int, nargs='+', default=None,
+                       help='epochs of each self-training round, one value per round of --iters (default '
+                            '6 each: the original\'s 6 6 6 6 6)')
     train.add_argument('--st-lr', type=positive_number, default=0.002, help='self-training learning rate')
     train.add_argument('--iters', type=positive_int, default=5, help='self-training rounds')
     train.add_argument('--round', type=positive_int, default=None,
                        help='state 1: run only round R (1-based) of the --iters schedule, as its own '
                             'process; --continue-from is then the previous round\'s checkpoint')
-    train.add_argument('--init-label-ratio', type=ratio, default=0.2, help='CBC ratio of round one')
+    train.add_argument('--init-label-ratio', type=label_ratio, default=0.2,
+                       help='CBC ratio of round one, in (0, 1]')
     train.add_argument('--det-label-ratio', type=non_negative_number, default=0.2,
-                       help='CBC ratio added per round')
-    train.add_argument('--gamma', type=non_negative_number, default=0.0,
-                       help='DST: pseudo-labeled pixels weigh p^gamma (the paper used 9 on VOC)')
-    train.add_argument('--val-num-steps', type=positive_int, default=1000, help='validate every N steps')
+                       help='CBC ratio added per round (a round\'s ratio above 1 keeps every pixel, as 1 does)')
+    train.add_argument('--gamma', type=non_negative_number, default=2.0,
+                       help='DST: pseudo-labeled pixels weigh p^gamma (the original\'s default; the paper '
+                            'used 9 on VOC)')
+    train.add_argument('--val-num-steps', type=positive_int, default=1000,
+                       help='validate after step N, 2N, ... and after the last (state 2, and state 1\'s '
+                            'rounds; its warm-up validates every 1000 steps, as the original)')
     train.add_argument('--no-aug', action='store_true',
                        help='pseudo-labeled images are only resized to the crop size')
     train.add_argument('--crop-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
@@ -171,8 +197,9 @@ def build_parser():
 
     outputs = parser.add_argument_group('outputs and pseudo labels')
     outputs.add_argument('--do-not-save', action='store_true', help='keep no best checkpoint')
-    outputs.add_argument('--label-ratio', type=ratio, default=None,
-                         help='state 0: CBC ratio (default --init-label-ratio)')
+    outputs.add_argument('--label-ratio', type=label_ratio, default=None,
+                         help='state 0: CBC ratio in (0, 1]; 1 keeps every pixel\'s predicted class '
+                              '(default --init-label-ratio)')
     outputs.add_argument('--pseudo-dir', default=None,
                          help='pseudo-label folder; default logs/<exp-name>/pseudo_labels')
     outputs.add_argument('--label-memory-mb', type=positive_int, default=4096,
@@ -181,7 +208,9 @@ def build_parser():
                          help='state 0/1: where maps beyond --label-memory-mb are spilled (local disk; '
                               'VOC 1/106 spilled 5.2 GB at the default budget, 9.8 GB at most); a private folder is '
                               'made in it and removed afterwards. Default logs/<exp-name>')
-    outputs.add_argument('--results-file', default=None, help='JSON results; default logs/<exp-name>/results.json')
+    outputs.add_argument('--results-file', default=None,
+                         help='JSON results (an existing file is replaced only with --overwrite); default '
+                              'logs/<exp-name>/results.json')
     outputs.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),
                          help='data loading processes (per process under torchrun)')
 
@@ -205,18 +234,29 @@ def build_parser():
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     args.save = not args.do_not_save
-    if args.init_epochs is None:
-        args.init_epochs = 30 if args.state == 2 else 0
+    if args.st_epochs is None:
+        args.st_epochs = [DEFAULT_ROUND_EPOCHS] * args.iters
     if args.resume and not args.exp_name:
         raise InputError('--resume needs the --exp-name of the run to continue')
     if args.exp_name is None:
-        args.exp_name = time.strftime('%Y%m%d-%H%M%S')
+        args.exp_name = default_experiment_name()
     name = args.exp_name
     if (not name or name.startswith('.') or Path(name).name != name
             or any(ch.isspace() or not ch.isprintable() for ch in name)):
         raise InputError(f'--exp-name {name!r} must be a plain, visible file name (not empty, no path, '
                          f'no leading dot, no spaces)')
     return args
+
+
+def default_experiment_name(base_dir='.'):
+    """A timestamp and the process id, so two runs started in the same second get two names, and
+    a counter while the name is taken (another host's process of the same id, same second)."""
+    stem = f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
+    name, number = stem, 1
+    while (Path(base_dir) / 'logs' / name).exists() or (Path(base_dir) / f'{name}.pt').exists():
+        number += 1
+        name = f'{stem}-{number}'
+    return name
 
 
 def check_batch_split(args, world_size, device):
@@ -229,48 +269,54 @@ def check_batch_split(args, world_size, device):
                          f'{world_size} processes')
 
 
-def check_outputs_outside(root, experiment, args):
-    """Nothing a run writes may land inside the dataset (running from the data root would put
-    logs/ and pseudo labels there)."""
-    root = root.resolve()
-    for path in experiment.output_paths() + ([Path(args.cache_dir)] if args.cache_dir else []):
-        if Path(path).resolve().is_relative_to(root):
-            flag = '--pseudo-dir' if Path(path) == experiment.pseudo_label_dir and args.pseudo_dir else \
-                '--cache-dir' if args.cache_dir and Path(path) == Path(args.cache_dir) else 'the working folder'
-            raise InputError(f'{path} is inside the dataset root {root} (from {flag}); keep outputs out '
-                             f'of the dataset: run from another folder or choose another {flag}')
-
-
 def build_context(args, argv, runtime):
     info = dp.get_dataset_info(args.dataset)
     root = dp.resolve_root(info, args.data_root)
     check_batch_split(args, runtime.world_size, runtime.device)
     experiment = Experiment(args.exp_name, results_file=args.results_file,
                             pseudo_label_dir=args.pseudo_dir, save_best=args.save, is_main=runtime.is_main)
-    check_outputs_outside(root, experiment, args)
+    check_outputs(root, experiment, args)
     error = None
     try:
         experiment.start()
     except RunError as failure:
         error = failure
-    distributed.agree_on_errors(error)
-    if not args.resume and args.state in (1, 2) and experiment.resume_checkpoint.exists():
-        raise InputError(f'{experiment.resume_checkpoint} holds an unfinished run of {args.exp_name!r}: '
-                         'add --resume to continue it, or choose another --exp-name')
-    weights = experiment.resume_checkpoint if args.resume else args.continue_from
+    try:
+        distributed.agree_on_errors(error)
+        return describe_run(args, argv, runtime, info, root, experiment)
+    except BaseException:
+        experiment.lock.release()   # a run refused here leaves the name free (also to a caller in-process)
+        raise
+
+
+def describe_run(args, argv, runtime, info, root, experiment):
+    """Check what the name holds, read the lists, resolve the network, save and log the settings:
+    the RunContext of a run that may begin."""
+    replaced = check_name_once(experiment, args)   # under the lock: no other live run of the name
+    lists = list_digests(info, root, args)
+    resuming = args.resume and args.state in TRAINING_STATES
+    weights = experiment.resume_checkpoint if resuming else args.continue_from
     architecture, adopted = resolve_architecture(args, weights)
     settings = dict(vars(args), **architecture)
-    settings.update(data_root_resolved=str(root), device=str(runtime.device), world_size=runtime.world_size,
-                    precision=runtime.precision, channels_last=runtime.channels_last,
+    settings.update(data_root_resolved=str(root), lists=lists, device=str(runtime.device),
+                    world_size=runtime.world_size, precision=runtime.precision, channels_last=runtime.channels_last,
                     precision_text=describe_precision(runtime.precision, args.mixed_precision, runtime.device),
                     versions=torch_versions(),
                     command=shlex.join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])))
+    if experiment.best_checkpoint in replaced:
+        # The earlier run's best checkpoint stays until this run saves its own; until then it is
+        # not this run's best, not even after a --resume (see RunContext.best_so_far).
+        settings['replaced_best_sha256'] = file_sha256(experiment.best_checkpoint)
     experiment.save_settings(settings)
     experiment.log(f'{settings["command"]}')
     experiment.log(f'state {args.state} on {info.title} at {root}; {runtime.device} x {runtime.world_size} '
                    f'process(es), {settings["precision_text"]}; {architecture["backbone"]}, '
                    f'{architecture["head_branches"]}-branch head'
                    + (f' (from the checkpoint: {", ".join(adopted)})' if adopted else ''))
+    if replaced:
+        experiment.log(f'--overwrite: this run replaces {", ".join(map(str, replaced))} as it writes its own')
+    if args.resume and not resuming:
+        experiment.log(f'--resume: a state {args.state} run keeps no state to resume from; it runs from the start')
     return RunContext(args=args, info=info, root=root, runtime=runtime, experiment=experiment,
                       settings=settings, architecture=architecture)
 
@@ -289,11 +335,24 @@ def run(args, argv):
     configure_backends(device)
     runtime = build_runtime(args, device)
     torch.manual_seed(args.seed)
-    context = build_context(args, argv, runtime)
-    try:
-        STATES[args.state](context)
-    finally:
-        context.experiment.close()
+    args.exp_name = distributed.broadcast_object(args.exp_name)   # a default name is rank 0's
+    with signals_stop_the_run():
+        context = build_context(args, argv, runtime)
+        try:
+            STATES[args.state](context)
+        except KeyboardInterrupt as stop:   # outside the training loops, which save and say it themselves
+            raise Interrupted(stop_message(context, stop)) from None
+        finally:
+            context.experiment.close()
+
+
+def stop_message(context, stop):
+    """What a stop outside the training loops (which say it themselves) leaves to the user."""
+    name = getattr(stop, 'signal_name', None) or 'interrupted'
+    last = context.experiment.resume_checkpoint
+    if context.args.state in TRAINING_STATES and last.exists():
+        return f'{name}: the last saved state is {last}; continue with the same command and --resume'
+    return f'{name} during state {context.args.state}: nothing was saved to resume from; run the same command again'
 
 
 def main(argv=None):
@@ -302,9 +361,10 @@ def main(argv=None):
         run(parse_args(argv), argv)
     except RunError as error:
         return fail(error)
-    except KeyboardInterrupt:
-        print('stopped: interrupted (a second Ctrl-C stops without saving)', file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:   # before the run began, or a second signal
+        print(f'stopped: {getattr(stop, "signal_name", None) or "interrupted"}; nothing more was saved',
+              file=sys.stderr)
+        return Interrupted.exit_status
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         return fail(OutOfMemory(f'out of memory: {one_line(error)[:300]} (lower --batch-size or --crop-size, '
                                 f'use --precision bf16 or fp16, or fewer --workers for host memory)'))

@@ -183,7 +183,7 @@ def setup(tmp_path_factory, one_thread):
     folder = work / 'logs' / 'lab' / 'pseudo_labels'
     for ratio, batch_size in CLI_RUNS:
         extra = ['--batch-size', batch_size] if batch_size else []
-        result = run_cli(work, '--exp-name', 'lab', '--label-ratio', ratio, *extra)
+        result = run_cli(work, '--exp-name', 'lab', '--label-ratio', ratio, '--overwrite', *extra)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[ratio] = dict(snapshot(folder, names),
                            results=json.loads((work / 'logs' / 'lab' / 'results.json').read_text()))

@@ -75,7 +75,7 @@ def run_chain(work, data_args, labeled_split, image_sizes, eval_size_args=()):
     assert labeling['pseudo_label_miou'] is not None   # ground truth exists for these images
 
     cli(work, '--state', 1, '--exp-name', 'dst', '--continue-from', 'sup.pt', '--iters', 1,
-        '--st-epochs', 1, '--gamma', 9, '--val-num-steps', 3, *common)
+        '--st-epochs', 1, '--init-epochs', 0, '--gamma', 9, '--val-num-steps', 3, *common)
     self_training = results(work, 'dst')
     assert self_training['start_miou'] == pytest.approx(supervised['best_miou'])
     assert self_training['best_miou'] >= self_training['start_miou']
@@ -196,7 +196,7 @@ def test_killed_self_training_round_resumes(synthetic_root, tmp_path):
     common = ['--data-root', synthetic_root, '--split', '8', '--eval-size', 96, 128, *TINY]
     cli(tmp_path, '--state', 2, '--exp-name', 'sup', '--init-epochs', 1, '--val-num-steps', 100, *common)
     args = ['--state', 1, '--exp-name', 'dst', '--continue-from', 'sup.pt', '--iters', 1, '--st-epochs', 3,
-            '--save-every', 3, '--val-num-steps', 1000, *common]
+            '--init-epochs', 0, '--save-every', 3, '--val-num-steps', 1000, *common]
     process = start(tmp_path, *args)
     last_state = tmp_path / 'logs' / 'dst' / 'last.pt'
     wait_for(last_state, process)

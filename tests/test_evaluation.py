@@ -181,7 +181,8 @@ def test_paper_table_from_real_runs(tmp_path):
             if (split, sets_id) == ('4', 1):
                 continue   # this DST-CBC run is missing
             cli(tmp_path, '--state', 1, '--exp-name', f'ss_{split}-{sets_id}', '--split', split, '--sets-id', sets_id,
-                '--continue-from', f'{name}.pt', '--iters', 1, '--st-epochs', 1, '--st-lr', 0.01, *common)
+                '--continue-from', f'{name}.pt', '--iters', 1, '--st-epochs', 1, '--init-epochs', 0,
+                '--st-lr', 0.01, *common)
             runs[('dst-cbc', split, sets_id)] = f'ss_{split}-{sets_id}'
     found = {key: json.loads((tmp_path / 'logs' / name / 'results.json').read_text()) for key, name in runs.items()}
     assert all(result['split'] in ('8', '4') and result['dataset'] == 'voc' for result in found.values())

@@ -16,8 +16,8 @@ LAYERS = [
      'utils.failure_watch'},
     # 2: writing files, several processes
     {'utils.files', 'utils.distributed', 'utils.versions'},
-    # 3: data (and the one list reader), network, checkpoints, experiment outputs
-    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment'},
+    # 3: data (and the one list reader), network, checkpoints, experiment outputs and their checks
+    {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'utils.guards'},
     # 4: building blocks over those (and the models package, which re-exports the network); the
     # split rule, which reads its list with data_processing's reader
     {'utils.data_check', 'utils.training', 'utils.cbc', 'models', 'generate_splits'},

@@ -386,7 +386,7 @@ def test_cityscapes_through_every_state(tmp_path):
             assert set(np.unique(np.array(label)).tolist()) <= set(range(19)) | {255}
     assert results(work, 'labels')['pseudo_label_miou'] is not None
     cli(work, '--state', 1, '--exp-name', 'dst', '--continue-from', 'sup.pt', '--iters', 1, '--st-epochs', 1,
-        '--gamma', 9, '--val-num-steps', 10, *common)
+        '--init-epochs', 0, '--gamma', 9, '--val-num-steps', 10, *common)
     cli(work, '--state', 3, '--exp-name', 'eval', '--continue-from', 'dst.pt', *common, '--save-predictions', 'out')
     evaluation = results(work, 'eval')
     assert evaluation['method'] == 'dst-cbc' and len(evaluation['confusion_matrix']) == 19

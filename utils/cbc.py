@@ -476,6 +476,20 @@ def matches(manifest, checkpoint_sha256, ratio, names):
             and manifest.get('names_sha256') == names_digest(names))
 
 
+def missing_pseudo_labels(pseudo_label_dir, names):
+    """The label files of `names` that are not in the folder (a manifest saying complete does
+    not bring back a label deleted since)."""
+    return [path for path in (pseudo_label_path(pseudo_label_dir, name) for name in names) if not path.is_file()]
+
+
+def reusable_pseudo_labels(pseudo_label_dir, checkpoint_sha256, ratio, names, manifest=None):
+    """A complete folder made by this checkpoint at this ratio for these names, every label
+    file still there."""
+    manifest = read_manifest(pseudo_label_dir) if manifest is None else manifest
+    return (matches(manifest, checkpoint_sha256, ratio, names)
+            and not missing_pseudo_labels(pseudo_label_dir, names))
+
+
 def check_pseudo_labels(pseudo_label_dir, checkpoint_sha256, ratio, names):
     """Refuse a folder that is incomplete or was made from another checkpoint, ratio or list."""
     manifest = read_manifest(pseudo_label_dir)
@@ -546,7 +560,8 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     folder = Path(pseudo_label_dir)
     names = dataset.names
     existing = read_manifest(folder) if distributed.is_main() else None
-    existing = distributed.broadcast_object(existing if matches(existing, checkpoint_sha256, ratio, names) else None)
+    reusable = existing is not None and reusable_pseudo_labels(folder, checkpoint_sha256, ratio, names, existing)
+    existing = distributed.broadcast_object(existing if reusable else None)
     if existing is not None:
         log(f'pseudo labels in {folder} already match this checkpoint and ratio {ratio:.4g}: reused')
         return existing

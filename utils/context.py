@@ -14,6 +14,7 @@ import torchvision
 import data_processing as dp
 from models import deeplab_v2
 from utils import distributed
+from utils.cbc import file_sha256, names_digest
 from utils.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from utils.data_check import check_dataset
 from utils.errors import InputError, RunError
@@ -22,6 +23,8 @@ from utils.inference import Protocol
 from utils.training import LoopHooks, Runtime, evaluate, make_loader
 
 BACKBONES_WITHOUT_WEIGHTS = ('resnet14',)
+# The lists each state reads (spec sections 6 to 9).
+STATE_LISTS = {0: ('unlabeled',), 1: ('labeled', 'unlabeled', 'val'), 2: ('labeled', 'val'), 3: ('val',)}
 DEFAULT_ARCHITECTURE = {'backbone': 'resnet101', 'head_branches': 2}
 
 # Flags that change what a run computes: --resume refuses a change to any of them. Flags not
@@ -50,15 +53,15 @@ class RunContext:
     # --- lists and datasets ------------------------------------------------------------------
     @property
     def labeled_list(self):
-        return f'{self.args.split}_labeled_{self.args.sets_id}'
+        return list_names(self.args)['labeled']
 
     @property
     def unlabeled_list(self):
-        return f'{self.args.split}_unlabeled_{self.args.sets_id}'
+        return list_names(self.args)['unlabeled']
 
     @property
     def val_list(self):
-        return 'valtiny' if self.args.valtiny else 'val'
+        return list_names(self.args)['val']
 
     @property
     def crop_size(self):
@@ -75,9 +78,12 @@ class RunContext:
         info = dp.full_resolution(self.info) if full_resolution else self.info
         dataset = dp.build_dataset(info, self.root, list_name, mode, self.transforms(kind, info),
                                    pseudo_label_dir=pseudo_label_dir, check=mode != 'pseudo')
+        check_list_unchanged(dataset, (self.settings.get('lists') or {}).get(list_name))
         if mode != 'pseudo':
-            check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
-                          threads=max(self.runtime.workers, 2), log=self.experiment.log)
+            sizes = check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
+                                  threads=max(self.runtime.workers, 2), log=self.experiment.log)
+            if kind == 'eval' and info.base_size is None:
+                check_fits_canvas(dataset, sizes, tuple(self.args.eval_size or info.eval_size))
         return dataset
 
     @property
@@ -214,6 +220,9 @@ class RunContext:
         path = self.experiment.best_checkpoint
         if not self.args.save or not path.is_file():
             return None, {}
+        earlier = self.settings.get('replaced_best_sha256')
+        if earlier and file_sha256(path) == earlier:
+            return None, {}   # still the file of the run --overwrite replaces: not this run's best
         checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
         return self.stored_miou(checkpoint), checkpoint.get('best_scores') or {}
 
@@ -226,7 +235,10 @@ class RunContext:
         if not path.is_file():
             raise InputError(f'--resume: {path} not found (no unfinished run named {self.experiment.name!r})')
         checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
-        check_same_run(checkpoint.get('settings') or {}, self.settings, path)
+        saved = checkpoint.get('settings') or {}
+        check_same_run(saved, self.settings, path)
+        if saved.get('replaced_best_sha256'):   # kept through every later save of the run
+            self.settings['replaced_best_sha256'] = saved['replaced_best_sha256']
         return checkpoint
 
     def seed(self, offset=0):
@@ -234,7 +246,8 @@ class RunContext:
 
 
 def check_same_run(saved, current, path):
-    """--resume continues the same run: a flag that changes the result must not change."""
+    """--resume continues the same run: a flag that changes the result must not change, nor may
+    the content of a list it reads (an id added changes the schedule and the data)."""
     for key in RUN_DEFINING_FLAGS:
         if key not in saved and key not in current:
             continue
@@ -243,6 +256,57 @@ def check_same_run(saved, current, path):
             flag = '--data-root' if key == 'data_root_resolved' else '--' + key.replace('_', '-')
             raise InputError(f'--resume: {flag} was {before} in the interrupted run ({path}), now {now}; '
                              f'resume with the same flags, or start a new --exp-name')
+    saved_lists, current_lists = saved.get('lists') or {}, current.get('lists') or {}
+    for list_name, before in saved_lists.items():
+        now = current_lists.get(list_name)
+        if now is None or now['ids_sha256'] == before['ids_sha256']:
+            continue
+        moved = f' (it was read from {before["file"]})' if now['file'] != before['file'] else ''
+        raise InputError(f'--resume: {now["file"]} changed since the interrupted run ({path}){moved}: its ids '
+                         f'are not the same; restore the list, or start a new --exp-name')
+
+
+def list_names(args):
+    """The names of the labeled, unlabeled and validation lists the flags select."""
+    return {'labeled': f'{args.split}_labeled_{args.sets_id}',
+            'unlabeled': f'{args.split}_unlabeled_{args.sets_id}',
+            'val': 'valtiny' if args.valtiny else 'val'}
+
+
+def list_digests(info, root, args):
+    """{list name: {file, ids_sha256}} of every list this state reads, read now (so a missing
+    list stops the run at once) and kept in the settings: --resume refuses a list whose ids
+    changed since the run began (SHA-256 of the ids in order, as the batches depend on it)."""
+    names = list_names(args)
+    digests = {}
+    for role in STATE_LISTS[args.state]:
+        path = dp.find_list(info, root, names[role])
+        digests[names[role]] = {'file': str(path), 'ids_sha256': names_digest(dp.read_list(path))}
+    return digests
+
+
+def check_list_unchanged(dataset, recorded):
+    """The list read for work (a round reads the unlabeled list again) is the one recorded in the
+    settings when the run began."""
+    if recorded and names_digest(dataset.names) != recorded['ids_sha256']:
+        raise InputError(f'{dataset.list_path} changed since the run began (its ids differ from those read '
+                         f'at the start); restore it, or start the run again')
+
+
+def check_fits_canvas(dataset, sizes, canvas):
+    """VOC evaluation and labeling pad every image to --eval-size and refuse a larger one
+    (cropping would drop pixels from the scores): found here, before the first training step,
+    not at the first validation."""
+    too_large = [index for index, (height, width) in enumerate(sizes)
+                 if height > canvas[0] or width > canvas[1]]
+    if not too_large:
+        return
+    height, width = sizes[too_large[0]]
+    need = (max([canvas[0]] + [size[0] for size in sizes]), max([canvas[1]] + [size[1] for size in sizes]))
+    others = f', and so are {len(too_large) - 1} more of {dataset.list_path}' if len(too_large) > 1 else ''
+    raise InputError(f'{dataset.image_path(too_large[0])}: image is {height}x{width}, larger than the '
+                     f'evaluation canvas {canvas[0]}x{canvas[1]} (--eval-size){others}; use --eval-size '
+                     f'{need[0]} {need[1]} or more')
 
 
 def normalise(value):

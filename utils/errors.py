@@ -41,6 +41,16 @@ class OutOfMemory(RunError):
     exit_status = 6
 
 
+class SignalStop(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside a training loop: the run stops at once, as after Ctrl-C. A
+    KeyboardInterrupt, so no `except Exception` on the way swallows it; it names the signal for
+    the one-line message."""
+
+    def __init__(self, signal_name):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 class PeerFailure(RunError):
     """Another process of a distributed run failed or was lost; its message is repeated here."""
     exit_status = 5

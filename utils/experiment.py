@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.errors import InputError
+from utils.errors import InputError, SignalStop
 from utils.files import FolderLock, atomic_path, guarded_write, remove_stale_temporaries
 
 
@@ -112,6 +112,7 @@ class Experiment:
         self.summary_log = self.base_dir / 'log.txt'
         self.lock = FolderLock(self.log_dir / 'lock')
         self._writer = None
+        self._pending_settings = None
 
     def start(self):
         """Create the folder, take the experiment's lock (a second live run of the same name is
@@ -125,9 +126,6 @@ class Experiment:
                                (self.pseudo_label_dir, '')):
             for path in remove_stale_temporaries(folder, prefix):
                 self.log(f'removed {path}, left half-written by a killed run')
-
-    def output_paths(self):
-        return [self.log_dir, self.best_checkpoint, self.results_file, self.pseudo_label_dir]
 
     @property
     def writer(self):
@@ -150,12 +148,23 @@ class Experiment:
             self.writer.add_scalar(tag, value, step)
 
     def save_settings(self, settings):
-        if self.is_main:
-            write_json(self.log_dir / 'settings.json', settings)
+        """settings.json, now; but while a finished run's results are still in place (replaced
+        with --overwrite), with the new results, so the two files on disk always describe one
+        run, even when this one stops before finishing."""
+        if not self.is_main:
+            return
+        if self.results_file.exists():
+            self._pending_settings = settings
+            return
+        write_json(self.log_dir / 'settings.json', settings)
 
     def save_results(self, results):
-        if self.is_main:
-            write_json(self.results_file, results)
+        if not self.is_main:
+            return
+        if self._pending_settings is not None:
+            write_json(self.log_dir / 'settings.json', self._pending_settings)
+            self._pending_settings = None
+        write_json(self.results_file, results)
 
     def append_summary(self, best_miou):
         """The original's log.txt line: `<exp-name>: <best mIoU in percent>`."""
@@ -181,6 +190,27 @@ class StopRequest:
 
     def __bool__(self):
         return self.signal_name is not None
+
+
+@contextmanager
+def signals_stop_the_run():
+    """For the whole run, SIGINT and SIGTERM raise a SignalStop (a KeyboardInterrupt naming the
+    signal) in the main thread, so every state ends on a stop with exit 130 and one line; left
+    alone, SIGTERM killed states 0 and 3 silently with 143. The training loops install their own
+    handlers inside (stop_on_signals), which save the state at the end of the step first."""
+    if sys.platform == 'win32' or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SignalStop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager

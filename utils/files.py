@@ -19,9 +19,41 @@ from utils.errors import InputError, OutputError
 TEMPORARY_PATTERN = re.compile(r'^(?P<name>.+)\.(?P<pid>\d+)\.tmp$')
 
 
+# The longest `.<pid>.tmp` suffix: Linux PIDs stay below pid_max, at most 2**22 (7 digits).
+LONGEST_TEMPORARY_SUFFIX = len(f'.{2 ** 22}.tmp')
+DEFAULT_NAME_MAX = 255
+
+
 def temporary_name(path):
     path = Path(path)
     return path.with_name(f'{path.name}.{os.getpid()}.tmp')
+
+
+def existing_ancestor(path):
+    """`path` itself or the nearest folder above it that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def name_max(folder):
+    """The longest file name (in bytes) the file system of `folder` accepts (255 on ext4, XFS,
+    btrfs, tmpfs); asked of the nearest existing folder, since outputs are made later."""
+    try:
+        return os.pathconf(existing_ancestor(folder), 'PC_NAME_MAX')
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX
+
+
+def longest_name_fits(path, written_atomically=True):
+    """(fits, bytes needed, limit) for the last part of `path`, counting the `.<pid>.tmp` suffix
+    its atomic write adds: a name that fits but whose temporary name does not would fail only
+    when the file is written, after the work."""
+    path = Path(path)
+    needed = len(os.fsencode(path.name)) + (LONGEST_TEMPORARY_SUFFIX if written_atomically else 0)
+    limit = name_max(path.parent)
+    return needed <= limit, needed, limit
 
 
 def fsync_path(path):

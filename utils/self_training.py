@@ -13,14 +13,19 @@ from pathlib import Path
 
 import torch
 
-from utils.cbc import check_pseudo_labels, claim_folder_once, file_sha256, generate_pseudo_labels
+from utils.cbc import (check_pseudo_labels, claim_folder_once, file_sha256, generate_pseudo_labels,
+                       missing_pseudo_labels, reusable_pseudo_labels)
 from utils.context import describe_checkpoint, finish, scores_summary
-from utils.errors import InputError
+from utils.errors import InputError, Interrupted
 from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
 from utils.supervised import train_supervised
 from utils.training import (EpochBatchSampler, StepBatch, TrainState, build_optimizer, build_scheduler,
                             device_batch, restore_state, train_loop)
+
+# The original's supervised warm-up in state 1 validates every 1000 steps, whatever
+# --val-num-steps says (that flag sets the rounds' interval), on batches of int(batch / 2).
+WARM_UP_VALIDATION_STEPS = 1000
 
 
 @dataclass
@@ -59,8 +64,9 @@ def mixed_batches(pseudo_loader, labeled_loader, runtime, crop_size):
 
 
 def check_flags(args, world_size):
-    if len(args.st_epochs) < args.iters:
-        raise InputError(f'--st-epochs gives {len(args.st_epochs)} values for --iters {args.iters}')
+    if len(args.st_epochs) != args.iters:
+        raise InputError(f'--st-epochs gives {len(args.st_epochs)} values for --iters {args.iters}: give one '
+                         f'value per round')
     if args.round is not None and args.round > args.iters:
         raise InputError(f'--round {args.round} is beyond --iters {args.iters}')
     if args.batch_size < 2:
@@ -92,13 +98,18 @@ def starting_bar(context, checkpoint, validate):
 def label_round(context, model, unlabeled_set, progress, ratio, resuming):
     """The round's pseudo labels: made from the best checkpoint so far, or, when resuming inside
     the round, the labels it already made (checked by the SHA-256 saved with the state, since the
-    best checkpoint file may have been overwritten since)."""
+    best checkpoint file may have been overwritten since, and file by file). Labels deleted since
+    are made again by the same checkpoint (see `labels_recoverable`)."""
     experiment = context.experiment
     if resuming:
-        report = check_pseudo_labels(experiment.pseudo_label_dir, progress.source_sha256, ratio,
-                                     unlabeled_set.names)
-        experiment.log(f'round {progress.round + 1}: pseudo labels of the interrupted round checked and reused')
-        return report
+        folder, names = experiment.pseudo_label_dir, unlabeled_set.names
+        if reusable_pseudo_labels(folder, progress.source_sha256, ratio, names):
+            report = check_pseudo_labels(folder, progress.source_sha256, ratio, names)
+            experiment.log(f'round {progress.round + 1}: pseudo labels of the interrupted round checked and reused')
+            return report
+        experiment.log(f'round {progress.round + 1}: the pseudo labels of the interrupted round are not all '
+                       f'there ({describe_missing(folder, names)}); labeling again with '
+                       f'{progress.source_checkpoint}, which made them')
     source = Path(progress.source_checkpoint)
     progress.source_sha256 = file_sha256(source)
     context.load_weights(model, source, 'best checkpoint so far')
@@ -111,6 +122,48 @@ def label_round(context, model, unlabeled_set, progress, ratio, resuming):
         cache_root=context.args.cache_dir or experiment.log_dir, threads=context.label_writers)
     check_pseudo_labels(experiment.pseudo_label_dir, progress.source_sha256, ratio, unlabeled_set.names)
     return report
+
+
+def labels_recoverable(context, unlabeled_set, progress, ratio):
+    """Can an interrupted round continue with its own labels? Yes if they are all there, or if
+    the checkpoint that made them is unchanged (then they are made again, the same). Otherwise
+    the round starts again from the best checkpoint so far (logged)."""
+    experiment = context.experiment
+    folder, names = experiment.pseudo_label_dir, unlabeled_set.names
+    source = Path(progress.source_checkpoint)
+    if (reusable_pseudo_labels(folder, progress.source_sha256, ratio, names)
+            or (source.is_file() and file_sha256(source) == progress.source_sha256)):
+        return True
+    experiment.log(f'round {progress.round + 1}: the pseudo labels of the interrupted round are not all there '
+                   f'({describe_missing(folder, names)}) and {source} has changed since it made them: the '
+                   f'round starts again from the best checkpoint so far')
+    return False
+
+
+def describe_missing(folder, names):
+    missing = missing_pseudo_labels(folder, names)
+    if missing:
+        return f'{len(missing)} missing, first {missing[0]}'
+    return 'the folder is incomplete or was relabeled since'
+
+
+def save_round_start(context, model, progress):
+    """last.pt at the start of the round `progress.round` (step 0: labeling comes first on
+    --resume), with a fresh optimizer, as at a round boundary; returns its path."""
+    args = context.args
+    optimizer = build_optimizer(model, args.st_lr, args.weight_decay)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, 1), context.runtime.grad_scaler(), 0,
+                       best_miou=progress.bar, extra={'phase': 'self_training', 'progress': asdict(progress)})
+    return context.save_last(state)
+
+
+def stopped_while_labeling(context, model, progress, resuming, stop):
+    """A stop (SIGINT/SIGTERM) while a round labels: the round's start is saved, unless last.pt
+    already holds a later point of this round, and the Interrupted to raise says how to go on."""
+    path = context.experiment.resume_checkpoint if resuming else save_round_start(context, model, progress)
+    name = getattr(stop, 'signal_name', None) or 'an interrupt'
+    return Interrupted(f'{name} while labeling round {progress.round + 1}: state saved to {path}; continue '
+                       f'with the same command and --resume (the labeling is done again)')
 
 
 def train_round(context, model, labeled_set, progress, steps, global_step, resume):
@@ -177,12 +230,21 @@ def run_self_training(context):
     start_path = Path(args.continue_from)
     start_checkpoint = context.load_weights(model, start_path)
 
-    # Optional supervised warm-up (--init-epochs > 0), as the original's one-process form allows.
-    if args.init_epochs > 0 and saved.get('phase', 'supervised') == 'supervised':
+    # The original's supervised warm-up (--init-epochs, 30 by default; the scripts pass 0 to start
+    # from a trained baseline). It precedes round 1, so a --round R > 1 process has none.
+    if args.init_epochs > 0 and first_round > 0:
+        experiment.log(f'--round {args.round}: no supervised warm-up (--init-epochs {args.init_epochs} '
+                       f'precedes round 1 only)')
+    if args.init_epochs > 0 and first_round == 0 and saved.get('phase', 'supervised') == 'supervised':
         if resume is not None:
             context.load_weights(model, experiment.resume_checkpoint, '--resume')
+        experiment.log(f'supervised warm-up of {args.init_epochs} epochs (--init-epochs), as the original: '
+                       f'batches of {args.batch_size // 2} labeled images (half of --batch-size), validation '
+                       f'every {WARM_UP_VALIDATION_STEPS} steps and at the last (not --val-num-steps, which '
+                       f'is the rounds\'); its best checkpoint labels round 1')
         warm = train_supervised(context, model, args.init_epochs, resume=resume, phase='supervised',
-                                bar=context.best_so_far() if resume is not None else None)
+                                bar=context.best_so_far() if resume is not None else None,
+                                batch_size=args.batch_size // 2, val_every=WARM_UP_VALIDATION_STEPS)
         resume, saved = None, {}
         if warm.best_miou >= 0:
             start_path = experiment.best_checkpoint
@@ -207,13 +269,23 @@ def run_self_training(context):
                    f'{[round(r, 4) for r in ratios[progress.round:end_round]]}, {len(unlabeled_set)} unlabeled '
                    f'+ {len(labeled_set)} labeled images, gamma {args.gamma}, '
                    f'steps {round_steps[progress.round:end_round]}; {context.batch_norm_text()}')
+    above_one = [index + 1 for index, ratio in enumerate(ratios) if ratio > 1]
+    if above_one:
+        experiment.log(f'rounds {above_one} have ratios above 1: like ratio 1, they keep every pixel\'s '
+                       f'predicted class (spec section 7)')
 
     state = None
     while progress.round < end_round:
         round_index, ratio = progress.round, ratios[progress.round]
         # A resume checkpoint at step 0 marks a round boundary: the round starts afresh.
         resuming = resume is not None and bool(saved.get('progress')) and int(resume['step']) > 0
-        report = label_round(context, model, unlabeled_set, progress, ratio, resuming)
+        if resuming and not labels_recoverable(context, unlabeled_set, progress, ratio):
+            resuming = False
+            save_round_start(context, model, progress)   # a later --resume starts the round afresh too
+        try:
+            report = label_round(context, model, unlabeled_set, progress, ratio, resuming)
+        except KeyboardInterrupt as stop:
+            raise stopped_while_labeling(context, model, progress, resuming, stop) from None
         global_step = sum(round_steps[:round_index])
         experiment.scalar('pseudo_labels/labeled_share', report['labeled_share'], global_step)
         if report.get('pseudo_label_miou') is not None:

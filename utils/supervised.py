@@ -13,16 +13,20 @@ def labeled_batches(loader, runtime, crop_size):
         yield StepBatch(images, labels, None, count)
 
 
-def train_supervised(context, model, epochs, resume=None, phase='supervised', bar=None):
+def train_supervised(context, model, epochs, resume=None, phase='supervised', bar=None, batch_size=None,
+                     val_every=None):
     """Train on the labeled list for `epochs`; the best checkpoint goes to the experiment's path.
 
     `bar` is the (mIoU, scores) to beat from the start, e.g. the experiment's stored best when a
-    run is resumed (the better of it and last.pt's counts). Returns the final TrainState, with
-    the best and last validations' scores in state.extra.
+    run is resumed (the better of it and last.pt's counts). `batch_size` and `val_every` default
+    to --batch-size and --val-num-steps (state 1's warm-up uses the original's own). Returns the
+    final TrainState, with the best and last validations' scores in state.extra.
     """
     args = context.args
+    batch_size = batch_size or args.batch_size
+    val_every = val_every or args.val_num_steps
     dataset = context.dataset(context.labeled_list, 'gt', 'train')
-    total_steps = epochs * EpochBatchSampler(len(dataset), args.batch_size, 0).batches_per_epoch
+    total_steps = epochs * EpochBatchSampler(len(dataset), batch_size, 0).batches_per_epoch
     network, step_model = context.for_training(model)
     optimizer = build_optimizer(network, args.lr, args.weight_decay, fused=context.runtime.fused_optimizer)
     state = TrainState(network, optimizer, build_scheduler(optimizer, max(total_steps, 1)),
@@ -33,18 +37,17 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
         state.best_miou, state.extra['best_scores'] = bar[0], bar[1]
     hooks = context.loop_hooks(network, best_extra=lambda s: {'phase': phase})   # checks the val list
     context.experiment.log(f'{phase}: {len(dataset)} labeled images ({context.labeled_list}), '
-                           f'{epochs} epochs = {total_steps} steps of batch {args.batch_size} over '
+                           f'{epochs} epochs = {total_steps} steps of batch {batch_size} over '
                            f'{context.runtime.world_size} process(es), lr {args.lr}, validation every '
-                           f'{args.val_num_steps} steps on {context.val_list}; {context.batch_norm_text()}'
+                           f'{val_every} steps on {context.val_list}; {context.batch_norm_text()}'
                            + (f'; resumed at step {state.step}' if resume else ''))
     if total_steps == 0:
         return state
-    sampler = EpochBatchSampler(len(dataset), args.batch_size, context.seed(1), start_batch=state.step,
+    sampler = EpochBatchSampler(len(dataset), batch_size, context.seed(1), start_batch=state.step,
                                 num_batches=total_steps)
     with stop_on_signals() as stop:
         train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.runtime, context.crop_size),
-                   DynamicLoss(0.0),
-                   context.runtime, hooks, val_every=args.val_num_steps, save_every=args.save_every,
+                   DynamicLoss(0.0), context.runtime, hooks, val_every=val_every, save_every=args.save_every,
                    stop=stop, num_classes=context.info.num_classes, tag=phase, train_model=step_model, frozen_bn=args.frozen_bn)
     return state
 

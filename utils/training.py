@@ -481,7 +481,7 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
 
             if state.step % val_every == 0 or state.step == state.total_steps:
                 check_weights()
-                validate_now(state, hooks, train_confusion, tag, global_step)
+                validate_now(state, hooks, train_confusion, tag, global_step, save_last)
                 set_train_mode(train_model, frozen_bn)
             if save_every and state.step % save_every == 0:
                 save_last()
@@ -527,11 +527,15 @@ def local_loss(train_model, batch, loss_fn, runtime):
     return loss_sum, logits
 
 
-def validate_now(state, hooks, train_confusion, tag, global_step):
+def validate_now(state, hooks, train_confusion, tag, global_step, save_last):
     train_confusion.all_reduce()
     train_scores = train_confusion.compute()
     train_confusion.reset()
-    scores = hooks.validate().compute()
+    try:
+        scores = hooks.validate().compute()
+    except InputError:
+        save_last()   # a file broken mid-run; the step was completed: the state is whole
+        raise
     for name, value in (('pixel_accuracy', scores.pixel_accuracy), ('miou', scores.miou)):
         hooks.scalar(f'val/{name}', value, global_step)
     if not math.isnan(train_scores.miou):

@@ -1,0 +1,186 @@
+"""What is checked before any work starts, so that a mistake costs a message, not a run or its
+results.
+
+- Every output: where it comes from (the working folder, or the flag that names it), that it lies
+  outside the dataset, is of the right kind (a file, a folder, under no file), sits in a folder
+  that can be written, and has a name the file system accepts, temporary name included. Each was
+  found only when the file was written, after the work, before.
+- What the experiment name already holds: an experiment name holds one run. A run under a name
+  whose files hold an unfinished run (`last.pt`) or a finished one (results, best checkpoint and
+  the settings that describe them) would replace or remove them, so it is refused, naming the
+  files, unless the user asks for it: `--resume` continues the same run, `--overwrite` replaces
+  the files as the new ones are written (never deleting them up front).
+"""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils import distributed
+from utils.errors import InputError, OutputError, RunError
+from utils.files import existing_ancestor, longest_name_fits
+
+TRAINING_STATES = (1, 2)        # they write the best checkpoint and last.pt
+LABELING_STATES = (0, 1)        # they write pseudo labels and may spill maps to --cache-dir
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output path of a run and who chose it: `flag` None means the working folder and
+    --exp-name (logs/<exp-name>/..., <exp-name>.pt)."""
+    path: Path
+    flag: str | None
+    kind: str                   # 'file' or 'folder'
+
+    @property
+    def source(self):
+        return self.flag or 'the working folder'
+
+
+def run_outputs(experiment, args):
+    """Every output this state writes, with the flag that named it."""
+    outputs = [Output(experiment.log_dir, None, 'folder'),
+               Output(experiment.results_file, '--results-file' if args.results_file else None, 'file')]
+    if args.state in TRAINING_STATES and args.save:
+        outputs.append(Output(experiment.best_checkpoint, None, 'file'))
+    if args.state in LABELING_STATES:
+        outputs.append(Output(experiment.pseudo_label_dir, '--pseudo-dir' if args.pseudo_dir else None, 'folder'))
+        if args.cache_dir:
+            outputs.append(Output(Path(args.cache_dir), '--cache-dir', 'folder'))
+    if args.state == 3 and args.save_predictions:
+        outputs.append(Output(Path(args.save_predictions), '--save-predictions', 'folder'))
+    return outputs
+
+
+def check_outputs(root, experiment, args):
+    """Refuse, before anything is written, an output that would land in the dataset, a file
+    named where a folder must be (or the reverse), and a name too long for the file system."""
+    root = Path(root).resolve()
+    for output in run_outputs(experiment, args):
+        check_outside_dataset(output, root)
+        check_kind(output)
+        check_name_length(output)
+
+
+def check_outside_dataset(output, root):
+    """Running from the data root would put logs/ and pseudo labels there; a flag may too."""
+    if not output.path.resolve().is_relative_to(root):
+        return
+    advice = f'choose another {output.flag}' if output.flag else 'run from another folder'
+    raise InputError(f'{output.path} is inside the dataset root {root} (from {output.source}); keep '
+                     f'outputs out of the dataset: {advice}')
+
+
+def check_kind(output):
+    """A flag's file must not be a folder, its folder not a file, and nothing above either may
+    be a file (a NotADirectoryError after the work, before). The working folder's own outputs
+    are left to the first write, which reports a failure as one line with exit status 4."""
+    if output.flag is None:
+        return
+    path = output.path
+    if path.exists():
+        if output.kind == 'file' and path.is_dir():
+            raise InputError(f'{output.flag} {path} is a folder; name a file')
+        if output.kind == 'folder' and not path.is_dir():
+            raise InputError(f'{output.flag} {path} is a file, not a folder; name a folder')
+    above = existing_ancestor(path.parent if output.kind == 'file' else path)
+    if not above.is_dir():
+        raise InputError(f'{output.flag} {path}: {above} is a file, not a folder')
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f'{output.flag} {path}: cannot write in {above} (permission denied)')
+
+
+def check_name_length(output):
+    """Each part of the path, and a file's temporary name `<name>.<pid>.tmp`, must fit the file
+    system's limit (255 bytes): a long --exp-name failed at the first checkpoint save."""
+    parts = [output.path] + [parent for parent in output.path.parents if parent.name]
+    for part in parts:
+        atomic = part == output.path and output.kind == 'file'
+        fits, needed, limit = longest_name_fits(part, written_atomically=atomic)
+        if fits:
+            continue
+        what = (f'the temporary name of {part.name} needs {needed} bytes' if atomic
+                else f'{part.name[:40]}... is {needed} bytes')
+        flag = output.flag or '--exp-name'
+        raise InputError(f'{flag}: name too long for the file system: {what}, the limit is {limit}; '
+                         f'choose a shorter {flag}')
+
+
+# --- what the experiment name already holds ---------------------------------------------------
+
+def earlier_run_files(experiment, args):
+    """[(file, the flag that names it)] of what earlier runs left that a run of these flags would
+    replace or remove. Every state writes results and settings and, on finishing, removes
+    last.pt; the training states also write the best checkpoint, and state 3 its predictions.
+    settings.json counts when it describes a run that left something: that of a run that failed
+    before any output describes nothing kept and may be rewritten (e.g. after fixing a bad list)."""
+    last = experiment.resume_checkpoint
+    named_checkpoint = experiment.base_dir / f'{experiment.name}.pt'
+    settings = experiment.log_dir / 'settings.json'
+    left_something = any(path.exists() for path in
+                         (last, experiment.log_dir / 'results.json', experiment.results_file, named_checkpoint))
+    files = []
+    if experiment.results_file.exists():
+        files.append((experiment.results_file, '--results-file' if args.results_file else '--exp-name'))
+    if last.exists():
+        files.append((last, '--exp-name'))
+    if args.state in TRAINING_STATES and args.save and named_checkpoint.exists():
+        files.append((named_checkpoint, '--exp-name'))
+    if left_something and settings.exists():
+        files.append((settings, '--exp-name'))
+    if args.state == 3 and args.save_predictions and holds_files(Path(args.save_predictions)):
+        files.append((Path(args.save_predictions), '--save-predictions'))
+    return files
+
+
+def holds_files(folder):
+    return folder.is_dir() and any(path.is_file() for path in folder.rglob('*'))
+
+
+def earlier_state(experiment):
+    """The state the earlier run recorded in its settings, or None."""
+    try:
+        return json.loads((experiment.log_dir / 'settings.json').read_text()).get('state')
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_name_holds_no_other_run(experiment, args):
+    """Refuse a run that would replace or remove what an earlier run under --exp-name (or at a
+    path a flag names) left, unless --resume (the same run: its flags are compared with the saved
+    ones) or --overwrite. Returns the files --overwrite lets this run replace, for the log. States
+    0 and 3 keep no state, so for them --resume continues nothing and changes nothing here."""
+    if args.resume and args.state in TRAINING_STATES:
+        return []
+    found = earlier_run_files(experiment, args)
+    replaced = [path for path, _ in found]
+    if not found or args.overwrite:
+        return replaced
+    name = experiment.name
+    before = earlier_state(experiment)
+    run = f'a state {before} run' if before is not None else 'a run'
+    files = ', '.join(map(str, replaced))
+    if experiment.resume_checkpoint.exists():
+        if args.state in TRAINING_STATES:
+            raise InputError(f'{experiment.resume_checkpoint} holds an unfinished run of {name!r}: add '
+                             f'--resume to continue it, choose another --exp-name, or add --overwrite to '
+                             f'start afresh (replacing {files})')
+        raise InputError(f'{experiment.resume_checkpoint} holds an unfinished run of {name!r} ({run}); '
+                         f'this state {args.state} run would replace or remove {files}: choose another '
+                         f'--exp-name, finish that run with --resume, or add --overwrite to discard it')
+    flags = list(dict.fromkeys(flag for _, flag in found))
+    held = f'--exp-name {name!r} holds {run} that finished: ' if '--exp-name' in flags else ''
+    raise InputError(f'{held}this run would replace {files}; choose another {" or ".join(flags)}, or add '
+                     f'--overwrite to replace them')
+
+
+def check_name_once(experiment, args):
+    """`check_name_holds_no_other_run` on the main process (the one that writes), agreed by all."""
+    error, replaced = None, []
+    if distributed.is_main():
+        try:
+            replaced = check_name_holds_no_other_run(experiment, args)
+        except RunError as failure:
+            error = failure
+    distributed.agree_on_errors(error)
+    return replaced
