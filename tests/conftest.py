@@ -18,12 +18,9 @@ for _variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / 'shared'
 
-# The tiny network and sizes of the CLI tests: a state 2 run of these takes seconds on a CPU.
-TINY_FLAGS = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--workers', '0', '--batch-size', '4',
-              '--device', 'cpu', '--eval-size', '96', '128']
 # The shared supervised checkpoint: one epoch of the 3 labeled images of split 8 (one step).
 SUPERVISED_FLAGS = ['--state', '2', '--exp-name', 'sup', '--split', '8', '--sets-id', '0', '--init-epochs', '1',
-                    '--val-num-steps', '100', *TINY_FLAGS]
+                    '--val-num-steps', '100']
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -86,13 +83,13 @@ def synthetic_voc(build_once):
 
 @pytest.fixture(scope='session')
 def supervised_checkpoint(build_once, synthetic_voc):
-    """sup.pt of a finished state 2 run on `synthetic_voc` (SUPERVISED_FLAGS), trained once per
+    """sup.pt of a finished state 2 run on `synthetic_voc` (SUPERVISED_FLAGS, TINY_FLAGS), trained once per
     test run; read only: copy it into the test's folder (its recorded validation set is
     `synthetic_voc`, so a state 1 run from it does not validate it again)."""
-    from helpers import run_main
+    from helpers import TINY_FLAGS, run_main
 
     def train(folder):
-        completed = run_main(folder, *SUPERVISED_FLAGS, '--data-root', synthetic_voc)
+        completed = run_main(folder, *SUPERVISED_FLAGS, *TINY_FLAGS, '--data-root', synthetic_voc)
         assert completed.returncode == 0, completed.stderr[-3000:]
 
     return build_once('supervised', train) / 'sup.pt'

@@ -83,6 +83,9 @@ def confident_checkpoint(path, num_classes=21, weight_scale=30.0, bias_scale=2.0
 # --- main.py in this process -----------------------------------------------------------------------
 
 MAIN = Path(__file__).resolve().parents[1] / 'main.py'
+# The tiny network and sizes of the CLI tests: a state 2 run of these takes seconds on a CPU.
+TINY_FLAGS = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--workers', '0', '--batch-size', '4',
+              '--device', 'cpu', '--eval-size', '96', '128']
 Completed = namedtuple('Completed', 'returncode stdout stderr')
 
 

@@ -7,8 +7,7 @@ import sys
 import torch
 
 import main
-from conftest import TINY_FLAGS
-from helpers import run_main
+from helpers import TINY_FLAGS, run_main
 from utils.files import FolderLock
 
 
