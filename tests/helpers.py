@@ -99,11 +99,10 @@ def run_main(workdir, *args, env=None):
     print it; a SystemExit (argparse) its status; experiment locks still held when main returns
     are released (the kernel drops them when a process ends); and the working folder, sys.argv,
     the environment, torch's thread count (one, as in the suite's processes, see conftest.py) and
-    the random generators are put back afterwards. Use a process for what needs one: signals,
+    the CPU random generators (torch, numpy, random) are put back afterwards. Use a process for what needs one: signals,
     kills, resource limits, several ranks, the README's command lines.
     """
     import torch
-    import numpy as np
 
     import main
     from utils import files
@@ -115,8 +114,8 @@ def run_main(workdir, *args, env=None):
     locks = []
     real_acquire = files.FolderLock.acquire
 
-    def recorded_acquire(lock, what):
-        result = real_acquire(lock, what)
+    def recorded_acquire(lock, *args, **kwargs):
+        result = real_acquire(lock, *args, **kwargs)
         locks.append(lock)
         return result
 
@@ -146,8 +145,9 @@ def run_main(workdir, *args, env=None):
             lock.release()
         os.chdir(saved['cwd'])
         sys.argv = saved['argv']
-        os.environ.clear()
-        os.environ.update(saved['environ'])
+        if dict(os.environ) != saved['environ']:
+            os.environ.clear()
+            os.environ.update(saved['environ'])
         torch.set_num_threads(saved['threads'])
         torch.set_rng_state(saved['torch_rng'])
         np.random.set_state(saved['numpy_rng'])
