@@ -1,5 +1,12 @@
 """Builders of small on-disk datasets for tests (VOC layout from the real photographs, Cityscapes
-layout from synthetic raw-id labels)."""
+layout from synthetic raw-id labels), and `run_main`: main.py's command line run in this process."""
+import contextlib
+import io
+import os
+import random
+import sys
+import traceback
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +78,78 @@ def confident_checkpoint(path, num_classes=21, weight_scale=30.0, bias_scale=2.0
     extra = {'architecture': architecture} if architecture else None
     save_checkpoint(path, model, num_classes=num_classes, extra=extra)
     return model.eval()
+
+
+# --- main.py in this process -----------------------------------------------------------------------
+
+MAIN = Path(__file__).resolve().parents[1] / 'main.py'
+# The tiny network and sizes of the CLI tests: a state 2 run of these takes seconds on a CPU.
+TINY_FLAGS = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--workers', '0', '--batch-size', '4',
+              '--device', 'cpu', '--eval-size', '96', '128']
+Completed = namedtuple('Completed', 'returncode stdout stderr')
+
+
+def run_main(workdir, *args, env=None):
+    """`python main.py ARGS` run from `workdir`, but in this process: main.main(argv) with the
+    working folder, sys.argv and stdout/stderr of a process of its own; returns
+    Completed(returncode, stdout, stderr), unpackable as (status, stdout, stderr).
+
+    It saves a process start (4 to 7 s of imports). What a process gives for free is redone here:
+    an uncaught exception becomes its traceback on stderr and status 1, as the interpreter would
+    print it; a SystemExit (argparse) its status; experiment locks still held when main returns
+    are released (the kernel drops them when a process ends); and the working folder, sys.argv,
+    the environment, torch's thread count (one, as in the suite's processes, see conftest.py) and
+    the CPU random generators (torch, numpy, random) are put back afterwards. Use a process for what needs one: signals,
+    kills, resource limits, several ranks, the README's command lines.
+    """
+    import torch
+
+    import main
+    from utils import files
+
+    argv = [str(arg) for arg in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(cwd=os.getcwd(), argv=sys.argv, environ=dict(os.environ), threads=torch.get_num_threads(),
+                 torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(), python_rng=random.getstate())
+    locks = []
+    real_acquire = files.FolderLock.acquire
+
+    def recorded_acquire(lock, *args, **kwargs):
+        result = real_acquire(lock, *args, **kwargs)
+        locks.append(lock)
+        return result
+
+    status = 0
+    try:
+        os.chdir(workdir)
+        sys.argv = [str(MAIN), *argv]
+        os.environ.update({key: str(value) for key, value in (env or {}).items()})
+        torch.set_num_threads(1)
+        files.FolderLock.acquire = recorded_acquire
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main.main(argv)
+            except SystemExit as stop:
+                status = stop.code
+                if status is None:
+                    status = 0
+                elif not isinstance(status, int):
+                    print(status, file=sys.stderr)
+                    status = 1
+            except Exception:   # noqa: BLE001 - what the interpreter does with it in a process
+                traceback.print_exc()
+                status = 1
+    finally:
+        files.FolderLock.acquire = real_acquire
+        for lock in locks:
+            lock.release()
+        os.chdir(saved['cwd'])
+        sys.argv = saved['argv']
+        if dict(os.environ) != saved['environ']:
+            os.environ.clear()
+            os.environ.update(saved['environ'])
+        torch.set_num_threads(saved['threads'])
+        torch.set_rng_state(saved['torch_rng'])
+        np.random.set_state(saved['numpy_rng'])
+        random.setstate(saved['python_rng'])
+    return Completed(status, out.getvalue(), err.getvalue())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data_processing
-from helpers import confident_checkpoint
+from helpers import confident_checkpoint, run_main
 import utils.cbc
 from models import deeplab_v2
 from utils.errors import InputError, OutputError
@@ -34,7 +34,6 @@ from utils.synthetic import make_synthetic_voc
 from utils.training import Runtime, make_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MAIN = REPO_ROOT / 'main.py'
 NUM_CLASSES = 21
 EVAL_SIZE = (96, 128)
 UNLABELED_LIST = '8_unlabeled_0'
@@ -137,12 +136,10 @@ def image_size(root, name):
 # --- the shared set-up: data, checkpoint, reference, three CLI runs ---------------------------
 
 def run_cli(cwd, *args):
-    command = [sys.executable, str(MAIN), '--state', '0', '--dataset', 'voc', '--data-root', 'voc',
-               '--split', '8', '--sets-id', '0', '--backbone', 'resnet14',
-               '--eval-size', str(EVAL_SIZE[0]), str(EVAL_SIZE[1]), '--workers', '0',
-               '--continue-from', 'ckpt.pt', *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')  # see `one_thread`
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    """A state 0 command line, run in this process on one thread (helpers.run_main; see `one_thread`)."""
+    return run_main(cwd, '--state', '0', '--dataset', 'voc', '--data-root', 'voc', '--split', '8', '--sets-id', '0',
+                    '--backbone', 'resnet14', '--eval-size', *EVAL_SIZE, '--workers', '0',
+                    '--continue-from', 'ckpt.pt', *args)
 
 
 def snapshot(folder, names):
@@ -166,27 +163,38 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, one_thread):
-    work = tmp_path_factory.mktemp('cbc')
-    root = work / 'voc'
-    make_synthetic_voc(root, num_train=24, num_val=6, seed=3)
-    names = read_names(root)
+def make_cli_runs(work):
+    """The data, the checkpoint and the three CLI runs of experiment 'lab' in `work`; what each run
+    left (its label folder, its results) is kept in runs/<ratio>/, as the next run overwrites it."""
+    make_synthetic_voc(work / 'voc', num_train=24, num_val=6, seed=3)
+    confident_checkpoint(work / 'ckpt.pt', NUM_CLASSES)
+    for ratio, batch_size in CLI_RUNS:
+        extra = ['--batch-size', batch_size] if batch_size else []
+        result = run_cli(work, '--exp-name', 'lab', '--label-ratio', ratio, '--overwrite', *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        kept = work / 'runs' / str(ratio)
+        shutil.copytree(work / 'logs' / 'lab' / 'pseudo_labels', kept / 'pseudo_labels')
+        shutil.copy(work / 'logs' / 'lab' / 'results.json', kept / 'results.json')
 
+
+@pytest.fixture(scope='module')
+def setup(build_once, one_thread):
+    # The CLI runs are made once per test run (conftest.py), not once per test worker; the
+    # reference is computed here, in each worker, from the files.
+    work = build_once('cbc', make_cli_runs)
+    root = work / 'voc'
+    names = read_names(root)
     checkpoint = work / 'ckpt.pt'
-    confident_checkpoint(checkpoint, NUM_CLASSES)
 
     reference_model = load_reference_model(checkpoint)
     maps = reference_maps(reference_model, root, names)
 
     runs = {}
     folder = work / 'logs' / 'lab' / 'pseudo_labels'
-    for ratio, batch_size in CLI_RUNS:
-        extra = ['--batch-size', batch_size] if batch_size else []
-        result = run_cli(work, '--exp-name', 'lab', '--label-ratio', ratio, '--overwrite', *extra)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[ratio] = dict(snapshot(folder, names),
-                           results=json.loads((work / 'logs' / 'lab' / 'results.json').read_text()))
+    for ratio, _ in CLI_RUNS:
+        kept = work / 'runs' / str(ratio)
+        runs[ratio] = dict(snapshot(kept / 'pseudo_labels', names),
+                           results=json.loads((kept / 'results.json').read_text()))
     return SimpleNamespace(work=work, root=root, names=names, checkpoint=checkpoint,
                            sha256=hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
                            model=reference_model, maps=maps, samples=reference_samples(maps),

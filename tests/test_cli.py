@@ -1,8 +1,13 @@
-"""The real CLI end to end, as subprocesses: supervised -> pseudo labels -> one DST-CBC round ->
-evaluation, on tiny synthetic data and on the 14 real photographs; resume after a kill; and the
-one-line errors of bad input."""
+"""The real CLI end to end: supervised -> pseudo labels -> one DST-CBC round -> evaluation, on tiny
+synthetic data and on the 14 real photographs; resume after a kill; and the one-line errors of bad
+input.
+
+Command lines run through main.main(argv) in this process (`cli`, see helpers.run_main: a process
+start costs 4 to 7 s of imports); what needs a process of its own (a kill, a signal, the spec's
+command line with its environment) starts one."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import build_voc14_tree, write_list
+from helpers import build_voc14_tree, run_main, write_list
 from models import deeplab_v2
 from utils.checkpoints import load_checkpoint, save_checkpoint
-from utils.synthetic import make_synthetic_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / 'main.py'
@@ -25,9 +29,9 @@ TINY = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--workers', '0', '
         '--device', 'cpu']
 
 
-def cli(cwd, *args, check=True, timeout=600):
-    completed = subprocess.run([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, capture_output=True,
-                               text=True, timeout=timeout)
+def cli(cwd, *args, check=True):
+    """`python main.py ARGS` in `cwd`, run in this process; unless it exits 0, a failure (check)."""
+    completed = run_main(cwd, *args)
     if check and completed.returncode != 0:
         raise AssertionError(f'main.py {" ".join(map(str, args))} failed with {completed.returncode}:\n'
                              f'{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}')
@@ -39,10 +43,9 @@ def results(cwd, name):
 
 
 @pytest.fixture(scope='module')
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic_voc')
-    make_synthetic_voc(root, num_train=24, num_val=6, seed=1)
-    return root
+def synthetic_root(synthetic_voc):
+    """24 training and 6 val images of several sizes (conftest.py: made once per test run, read only)."""
+    return synthetic_voc
 
 
 def run_chain(work, data_args, labeled_split, image_sizes, eval_size_args=()):
@@ -107,10 +110,13 @@ def test_chain_on_synthetic_data(synthetic_root, tmp_path):
 
 def test_chain_on_real_photographs(shared_dir, tmp_path):
     root = tmp_path / 'voc14'
-    train, _ = build_voc14_tree(shared_dir, root)
+    # Every forward pass here is at the 505x505 canvas: two val images (one upright, one lying)
+    # and three unlabeled ones (both too, in one batch) show what more would.
+    train, _ = build_voc14_tree(shared_dir, root, val_count=2)
     write_list(root / 'ImageSets' / 'Segmentation' / '2_labeled_0.txt', train[:4])
-    write_list(root / 'ImageSets' / 'Segmentation' / '2_unlabeled_0.txt', train[4:])
+    write_list(root / 'ImageSets' / 'Segmentation' / '2_unlabeled_0.txt', train[4:7])
     sizes = image_sizes_of(root, '2_unlabeled_0')
+    assert len(set(sizes.values())) == 2 and len(set(image_sizes_of(root, 'val').values())) == 2
     work = tmp_path / 'work'
     work.mkdir()
     # Default evaluation canvas (505x505) on the real 500x375 / 375x500 photographs.
@@ -192,9 +198,9 @@ def test_killed_run_resumes_from_its_saved_step(synthetic_root, tmp_path, kill_s
     assert not last_state.exists()
 
 
-def test_killed_self_training_round_resumes(synthetic_root, tmp_path):
+def test_killed_self_training_round_resumes(synthetic_root, supervised_checkpoint, tmp_path):
     common = ['--data-root', synthetic_root, '--split', '8', '--eval-size', 96, 128, *TINY]
-    cli(tmp_path, '--state', 2, '--exp-name', 'sup', '--init-epochs', 1, '--val-num-steps', 100, *common)
+    shutil.copy(supervised_checkpoint, tmp_path / 'sup.pt')   # state 2, split 8, one epoch (conftest.py)
     args = ['--state', 1, '--exp-name', 'dst', '--continue-from', 'sup.pt', '--iters', 1, '--st-epochs', 3,
             '--init-epochs', 0, '--save-every', 3, '--val-num-steps', 1000, *common]
     process = start(tmp_path, *args)

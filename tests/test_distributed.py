@@ -8,6 +8,9 @@ Every process runs one thread, on both sides: float sums depend on the thread co
 per-process batch is kept equal on both sides too (--batch-size is the global batch: 1 for one
 process, 2 for two), so each image goes through the network in a batch of one either way and
 its logits are bit for bit the same; thresholds and labels can then be compared exactly.
+
+The one-process side runs main.main(argv) in this process (helpers.run_main, on one thread too);
+ranks of several processes are processes, as torchrun starts them.
 """
 import json
 import os
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import confident_checkpoint
+from helpers import confident_checkpoint, run_main
 from utils.checkpoints import load_checkpoint
 from utils.synthetic import make_synthetic_voc
 
@@ -66,7 +69,11 @@ def finish(started, timeout=600):
 
 
 def run(cwd, processes, args, timeout=600):
-    outputs = finish(start(cwd, processes, args), timeout)
+    """`processes` ranks of main.py, each of which must exit 0; one process runs in this one."""
+    if processes == 1:
+        outputs = [tuple(run_main(cwd, *args))]
+    else:
+        outputs = finish(start(cwd, processes, args), timeout)
     for rank, (code, stdout, stderr) in enumerate(outputs):
         assert code == 0, f'rank {rank} exit {code}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
     return outputs

@@ -7,10 +7,11 @@
 - sliding windows cover the image, and one window over the whole image is the whole-image result;
 - paper_table.py over a folder of tiny finished runs of the real CLI (two fractions, two splits,
   both methods, one run missing), checked against numbers worked out from the runs' results.
+
+The command lines run through main.main(argv) in this process (helpers.run_main).
 """
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,13 @@ from PIL import Image
 
 import paper_table
 from generate_splits import make_splits
-from helpers import confident_checkpoint
+from helpers import confident_checkpoint, run_main
 from models import deeplab_v2
 from utils.inference import Protocol, class_scores, window_starts
 from utils.synthetic import make_synthetic_voc
 from utils.training import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MAIN = REPO_ROOT / 'main.py'
 EVAL_SIZE = (96, 128)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY = ['--backbone', 'resnet14', '--eval-size', *map(str, EVAL_SIZE), '--device', 'cpu', '--workers', '0',
@@ -38,8 +38,8 @@ TINY = ['--backbone', 'resnet14', '--eval-size', *map(str, EVAL_SIZE), '--device
 
 
 def cli(cwd, *args):
-    completed = subprocess.run([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, capture_output=True,
-                               text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    """`python main.py ARGS` in `cwd`, run in this process; it must exit 0."""
+    completed = run_main(cwd, *args)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed
 

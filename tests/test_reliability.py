@@ -1,7 +1,9 @@
 """A run never silently goes wrong: every fault of the README's reliability table, as a user or a
 crash would produce it, and what the program does about it.
 
-Most tests run main.py as a subprocess on a tiny synthetic set; flag errors run in-process."""
+Command lines run on a tiny synthetic set through main.main(argv) in this process (`cli`, see
+helpers.run_main); runs that are killed, stopped or held, or run under a resource limit, are
+processes of their own (`start`, `cli_process`)."""
 import json
 import os
 import resource
@@ -18,7 +20,7 @@ import torch
 from PIL import Image
 
 import main
-from helpers import build_city_tree, write_list
+from helpers import build_city_tree, run_main, write_list
 from models import deeplab_v2
 from utils import files
 from utils.checkpoints import load_checkpoint, save_checkpoint
@@ -36,7 +38,16 @@ TINY = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--batch-size', '4'
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', TQDM_DISABLE='1')
 
 
-def cli(cwd, *args, check=True, timeout=600, **kwargs):
+def cli(cwd, *args, check=True):
+    """`python main.py ARGS` in `cwd`, run in this process; unless it exits 0, a failure (check)."""
+    completed = run_main(cwd, *args)
+    if check and completed.returncode != 0:
+        raise AssertionError(f'main.py failed with {completed.returncode}:\n{completed.stderr[-3000:]}')
+    return completed
+
+
+def cli_process(cwd, *args, check=True, timeout=600, **kwargs):
+    """The same in a process of its own (for what needs one, e.g. a resource limit)."""
     completed = subprocess.run([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, capture_output=True,
                                text=True, timeout=timeout, env=ONE_THREAD, **kwargs)
     if check and completed.returncode != 0:
@@ -71,10 +82,9 @@ def results(cwd, name):
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('voc')
-    make_synthetic_voc(root, num_train=24, num_val=6, seed=4)
-    return root
+def root(build_once):
+    """24 training and 6 val images (seed 4), made once per test run (conftest.py); read only."""
+    return build_once('voc_seed4', lambda folder: make_synthetic_voc(folder, num_train=24, num_val=6, seed=4))
 
 
 @pytest.fixture
@@ -205,17 +215,25 @@ def killed_run(tmp_path, args, saved_at_least=1):
     return step
 
 
+@pytest.fixture(scope='module')
+def killed_training(root, build_once):
+    """(working folder, flags) of a state 2 run killed with kill -9 once it had saved its state,
+    made once per test run for the tests that only try to resume it; read only: copy it."""
+    args = ['--state', 2, '--exp-name', 'run', '--data-root', root, '--init-epochs', 40, '--lr', 0.02,
+            '--val-num-steps', 1000, '--save-every', 2, *TINY, '--workers', 0]
+    return build_once('killed_training', lambda folder: killed_run(folder, args)), args
+
+
 @pytest.mark.parametrize('changed,named', [(['--lr', 0.5], "--lr was 0.02"), (['--split', '1'], "--split was 8"),
                                            (['--batch-size', 2], '--batch-size was 4'),
                                            (['--head-branches', 4], '--head-branches was 2')])
-def test_resume_refuses_a_changed_run(root, tmp_path, changed, named):
-    args = ['--state', 2, '--exp-name', 'run', '--data-root', root, '--init-epochs', 40, '--lr', 0.02,
-            '--val-num-steps', 1000, '--save-every', 2, *TINY, '--workers', 0]
-    killed_run(tmp_path, args)
-    before = (tmp_path / 'logs' / 'run' / 'last.pt').read_bytes()
-    refused = cli(tmp_path, *args, *changed, '--resume', check=False)
+def test_resume_refuses_a_changed_run(killed_training, tmp_path, changed, named):
+    killed, args = killed_training
+    work = Path(shutil.copytree(killed, tmp_path / 'work'))
+    before = (work / 'logs' / 'run' / 'last.pt').read_bytes()
+    refused = cli(work, *args, *changed, '--resume', check=False)
     one_line(refused, '--resume', named)
-    assert (tmp_path / 'logs' / 'run' / 'last.pt').read_bytes() == before
+    assert (work / 'logs' / 'run' / 'last.pt').read_bytes() == before
 
 
 def test_resume_is_an_exact_continuation_with_loader_workers(root, tmp_path):
@@ -266,8 +284,8 @@ def test_write_failures_are_one_line(root, tmp_path):
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    completed = cli(tmp_path, '--state', 2, '--exp-name', 'full', '--data-root', root, '--init-epochs', 1,
-                    '--val-num-steps', 1, *TINY, '--workers', 0, check=False, preexec_fn=small_files)
+    completed = cli_process(tmp_path, '--state', 2, '--exp-name', 'full', '--data-root', root, '--init-epochs', 1,
+                            '--val-num-steps', 1, *TINY, '--workers', 0, check=False, preexec_fn=small_files)
     line = one_line(completed, 'full.pt', 'cannot write checkpoint', status=4)
     assert 'file size limit' in line or 'disk full' in line
     assert not (tmp_path / 'full.pt').exists() and not list(tmp_path.glob('*.tmp'))
@@ -306,7 +324,7 @@ def test_half_written_files_of_killed_runs_are_removed(root, tmp_path):
     dead_pid = 4_000_000   # above pid_max: no such process
     (tmp_path / 'logs' / 'run').mkdir(parents=True)
     stale = [tmp_path / f'run.pt.{dead_pid}.tmp', tmp_path / 'logs' / 'run' / f'last.pt.{dead_pid}.tmp']
-    alive = tmp_path / f'run.pt.{os.getpid()}.tmp'   # a live process's file is left alone
+    alive = tmp_path / f'run.pt.{os.getppid()}.tmp'   # a live process's file is left alone (not the run's own)
     for path in stale + [alive]:
         path.write_bytes(b'partial')
     completed = cli(tmp_path, '--state', 3, '--exp-name', 'run', '--continue-from', checkpoint(tmp_path / 's.pt'),
@@ -365,11 +383,12 @@ def test_cityscapes_through_every_state(tmp_path):
     raw[200:, :400] = 26                             # car
     raw[:100] = 23                                   # sky
     raw[300:310] = 0                                 # unlabeled -> 255
-    entries = [('train', 'ulm', f'ulm_00000{i}_000019') for i in range(5)] + \
+    # Every forward pass but the training crops is at 512x1024: two images in each list.
+    entries = [('train', 'ulm', f'ulm_00000{i}_000019') for i in range(4)] + \
               [('val', 'lindau', f'lindau_00000{i}_000019') for i in range(2)]
     root = build_city_tree(tmp_path / 'city', entries, [raw] * len(entries))
     lists = root / 'data_lists'
-    train = [f'ulm/ulm_00000{i}_000019' for i in range(5)]
+    train = [f'ulm/ulm_00000{i}_000019' for i in range(4)]
     write_list(lists / 'train.txt', train)
     write_list(lists / 'val.txt', [f'lindau/lindau_00000{i}_000019' for i in range(2)])
     write_list(lists / '2_labeled_0.txt', train[:2])
@@ -380,7 +399,9 @@ def test_cityscapes_through_every_state(tmp_path):
     work.mkdir()
     cli(work, '--state', 2, '--exp-name', 'sup', '--init-epochs', 1, '--val-num-steps', 10, '--lr', 0.01, *common)
     cli(work, '--state', 0, '--exp-name', 'labels', '--continue-from', 'sup.pt', '--label-ratio', 0.5, *common)
-    for path in (work / 'logs' / 'labels' / 'pseudo_labels' / 'ulm').glob('*.png'):
+    labels = sorted((work / 'logs' / 'labels' / 'pseudo_labels' / 'ulm').glob('*.png'))
+    assert len(labels) == 2, labels   # one per unlabeled image, in its city's folder
+    for path in labels:
         with Image.open(path) as label:
             assert (label.height, label.width) == (512, 1024)
             assert set(np.unique(np.array(label)).tolist()) <= set(range(19)) | {255}
