@@ -14,6 +14,7 @@ the others waiting in a collective.
 """
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -461,7 +462,11 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
             state.scaler.update()
             weights_flag = nonfinite_flag(model_tensors(model))
             lr = state.optimizer.param_groups[0]['lr']
-            state.scheduler.step()
+            with warnings.catch_warnings():
+                # A step the GradScaler skipped still advances the schedule (as the original's
+                # did); torch warns about that when it happens before the first update.
+                warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step()` before')
+                state.scheduler.step()
             state.step += 1
             progress.update(1)
             progress.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}')
