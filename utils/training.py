@@ -407,8 +407,10 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
     weights_flag = None   # set by each update, read at the next sync
 
     def check_weights():
+        """Before a validation or a save: every rank learns whether any rank's weights (its own
+        BatchNorm statistics included) broke at the last update."""
         nonlocal weights_flag
-        if weights_flag is not None and host_values(weights_flag):
+        if weights_flag is not None and host_values(distributed.sum_tensor(weights_flag)):
             raise weights_diverged(tag, state)
         weights_flag = None
 
