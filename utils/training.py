@@ -14,6 +14,7 @@ the others waiting in a collective.
 """
 import contextlib
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -467,7 +468,7 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
             with warnings.catch_warnings():
                 # A step the GradScaler skipped still advances the schedule (as the original's
                 # did); torch warns about that when it happens before the first update.
-                warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step()` before')
+                warnings.filterwarnings('ignore', message=re.escape('Detected call of `lr_scheduler.step()` before'))
                 state.scheduler.step()
             state.step += 1
             progress.update(1)
