@@ -7,7 +7,6 @@ into one `InputError` line naming the file, since `--continue-from` is user inpu
 """
 import argparse
 import errno
-import math
 import os
 import resource
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.device import host_values
+from utils.device import all_finite
 from utils.errors import InputError, TrainingDiverged
 from utils.files import atomic_path, guarded_write
 
@@ -116,12 +115,7 @@ def write_problem(path):
 
 
 def state_dict_finite(state):
-    tensors = [tensor.detach() for tensor in state.values()
-               if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()]
-    if not tensors:
-        return True
-    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
-    return not host_values(~torch.isfinite(largest))
+    return all_finite(state.values())
 
 
 def _one_line(error: BaseException, limit: int = 100) -> str:

@@ -12,6 +12,8 @@ so that a test can see them: on the `meta` device (tensors without data) any oth
 and a test that replaces `to_host` runs the whole program with the network on `meta`, where a
 tensor left on the CPU meets one on the device and raises as it would on a GPU.
 """
+import math
+
 import torch
 
 from utils.labels import IGNORE_INDEX
@@ -69,6 +71,23 @@ class HostCopy:
             self.event.synchronize()
             self.event = None
         return self.host
+
+
+def nonfinite_flag(tensors):
+    """A device scalar, 1 if any of the floating-point tensors (None and integer ones are
+    skipped) holds a NaN or an infinity: their largest absolute value (one fused reduction) is
+    then not finite. None when there is nothing to check. Nothing is read back here."""
+    tensors = [t.detach() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not tensors:
+        return None
+    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
+    return (~torch.isfinite(largest)).to(torch.float64)
+
+
+def all_finite(tensors):
+    """True if no floating-point tensor among them holds a NaN or an infinity (one host sync)."""
+    flag = nonfinite_flag(tensors)
+    return flag is None or not host_values(flag)
 
 
 def valid_pixels(labels):

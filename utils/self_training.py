@@ -148,8 +148,9 @@ def describe_missing(folder, names):
 
 
 def save_round_start(context, model, progress):
-    """last.pt at the start of the round `progress.round` (step 0: labeling comes first on
-    --resume), with a fresh optimizer, as at a round boundary; returns its path."""
+    """last.pt at the start of round `progress.round` (at a round boundary, or when a stop comes
+    while the round labels): step 0, so --resume labels the round first; the optimizer is fresh,
+    as every round's is. Returns its path."""
     args = context.args
     optimizer = build_optimizer(model, args.st_lr, args.weight_decay)
     state = TrainState(model, optimizer, build_scheduler(optimizer, 1), context.runtime.grad_scaler(), 0,
@@ -307,9 +308,7 @@ def run_self_training(context):
         experiment.log(f'round {round_index + 1} done: best val mIoU so far {progress.bar * 100:.2f}')
         if progress.round < end_round:
             # Round boundary: a resume from here starts the next round from the best checkpoint.
-            state.step = 0
-            state.extra = {'phase': 'self_training', 'progress': asdict(progress)}
-            context.save_last(state)
+            save_round_start(context, state.model, progress)
 
     if not progress.improved:
         # No round beat the start: the experiment's checkpoint is the start, so chains go on.

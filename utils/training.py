@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from utils import distributed
-from utils.device import batch_to_device, host_values, to_host, valid_pixels
+from utils.device import all_finite, batch_to_device, host_values, nonfinite_flag, to_host, valid_pixels
 from utils.errors import InputError, Interrupted, RunError, TrainingDiverged
 from utils.inference import Protocol, class_scores, upsample
 from utils.metrics import ConfusionMatrix
@@ -280,24 +280,13 @@ class LoopHooks:
     scalar: object              # (tag, value, global step) -> None
 
 
-def nonfinite_flag(tensors):
-    """A device scalar, 1 if any of the tensors holds a NaN or an infinity: their largest absolute
-    value (one fused reduction) is then not finite. Nothing is read back here."""
-    tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
-    if not tensors:
-        return None
-    largest = torch.nn.utils.get_total_norm(tensors, norm_type=math.inf)
-    return (~torch.isfinite(largest)).to(torch.float64)
-
-
 def model_tensors(model):
     return list(model.parameters()) + list(model.buffers())
 
 
 def weights_finite(model):
     """False if any parameter or buffer holds a NaN or an infinity (one host sync)."""
-    flag = nonfinite_flag(model_tensors(model))
-    return flag is None or host_values(flag) == 0
+    return all_finite(model_tensors(model))
 
 
 def set_train_mode(model, frozen_bn=False):
