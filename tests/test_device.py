@@ -6,60 +6,23 @@ but no data) while the loaders stay on the CPU, under a dispatch mode that refus
 mixing a meta tensor with a CPU tensor of more than one element, as CUDA refuses a CPU tensor
 (0-dim CPU scalars mix with any device there too; copies between devices are what moving is). The
 host cannot read meta tensors, so every read goes through `utils.device.to_host`, which these
-tests replace by zeros of the right shape and count: any other read raises.
+tests replace by zeros of the right shape and count: any other read raises. Runs of two
+processes (tests/meta_ranks.py) do the same and record every tensor handed to a collective.
 """
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import main
 from helpers import confident_checkpoint
-from utils import device as device_module
+from meta_device import HostReads, RefuseMixedDevices
 from utils.errors import InputError, Interrupted, TrainingDiverged
 from utils.losses import DynamicLoss
 from utils.metrics import ConfusionMatrix
 from utils.synthetic import make_synthetic_voc
 from utils.training import (Fetched, LoopHooks, Runtime, StepBatch, TrainState, build_optimizer,
                             build_scheduler, fetch, train_loop, SKIPPED_STEPS_LIMIT)
-
-MOVES = {'aten::_to_copy', 'aten::copy_', 'aten::_copy_from', 'aten::_copy_from_and_resize', 'aten::lift_fresh'}
-
-
-class RefuseMixedDevices(TorchDispatchMode):
-    """Raise where a meta tensor meets a CPU tensor with more than one element (what CUDA does,
-    and what some meta kernels, e.g. a convolution's, do not check by themselves)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func._schema.name not in MOVES:
-            tensors = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
-            kinds = {tensor.device.type for tensor in tensors if tensor.dim() > 0}
-            if {'meta', 'cpu'} <= kinds:
-                shapes = [(tuple(t.shape), t.device.type) for t in tensors]
-                raise RuntimeError(f'{func._schema.name} mixes devices: {shapes}')
-        return func(*args, **kwargs)
-
-
-class HostReads:
-    """Replaces `to_host` in every module that uses it: meta tensors read as zeros; counts reads."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = device_module.to_host
-
-        def to_host(tensor):
-            self.count += 1
-            if tensor.device.type == 'meta':
-                return torch.zeros(tensor.shape, dtype=tensor.dtype)
-            return original(tensor)
-
-        for module in list(sys.modules.values()):
-            if getattr(module, 'to_host', None) is original:
-                monkeypatch.setattr(module, 'to_host', to_host)
-
 
 @pytest.fixture(scope='module')
 def meta_work(tmp_path_factory):
@@ -75,7 +38,7 @@ META = ['--device', 'meta', '--backbone', 'resnet14', '--crop-size', '32', '32',
 
 def run_on_meta(work, monkeypatch, capsys, *args):
     monkeypatch.chdir(work)
-    reads = HostReads(monkeypatch)
+    reads = HostReads(monkeypatch.setattr)
     with RefuseMixedDevices():
         status = main.main([*META, '--data-root', str(work / 'voc'), *map(str, args)])
     captured = capsys.readouterr()
@@ -126,7 +89,7 @@ def test_a_training_step_reads_the_device_once(monkeypatch):
     confusion matrices at the validation after the last step), each step adds one read."""
     counts = {}
     for steps in (3, 6):
-        reads = HostReads(monkeypatch)
+        reads = HostReads(monkeypatch.setattr)
         with RefuseMixedDevices():
             train_loop(meta_state(steps), meta_batches(steps), DynamicLoss(0.0), Runtime(torch.device('meta')),
                        quiet_hooks(), val_every=1000, save_every=0, stop=False, num_classes=3)
@@ -411,3 +374,40 @@ def test_the_minimum_versions_are_the_ones_requirements_and_readme_state(repo_ro
     for name in ('requirements.txt', 'README.md'):
         text = (repo_root / name).read_text()
         assert f'torch >= {torch_minimum}' in text and f'torchvision >= {vision_minimum}' in text, name
+
+
+RANK_STATES = [
+    ('--state', 2, '--exp-name', 'ranks2', '--continue-from', 'start.pt', '--init-epochs', 2, '--val-num-steps', 2),
+    ('--state', 0, '--exp-name', 'ranks0', '--continue-from', 'start.pt', '--label-ratio', 0.5),
+    ('--state', 1, '--exp-name', 'ranks1', '--continue-from', 'start.pt', '--iters', 1, '--st-epochs', 1,
+     '--init-epochs', 1, '--val-num-steps', 2, '--gamma', 2),
+    ('--state', 3, '--exp-name', 'ranks3', '--continue-from', 'start.pt', '--scales', 1.0, 0.75, '--flip',
+     '--save-predictions', 'rank-predictions'),
+]
+
+
+@pytest.mark.filterwarnings('ignore:for .*copying from a non-meta parameter')
+@pytest.mark.parametrize('state_args', RANK_STATES, ids=['supervised', 'pseudo-labeling', 'self-training', 'evaluation'])
+def test_every_tensor_handed_to_a_collective_is_on_the_device(meta_work, state_args):
+    """Two gloo processes with the network on `meta` (tests/meta_ranks.py): NCCL reduces device
+    tensors only, so every tensor the project hands to a collective must be on the run's device,
+    and DDP must wrap a network already there."""
+    import json
+    from test_distributed import finish, start
+    argv = [*META, '--data-root', meta_work / 'voc', '--dist-timeout', 60, *state_args]
+    outputs = finish(start(meta_work, 2, argv, program=Path(__file__).with_name('meta_ranks.py')), timeout=300)
+    for rank, (code, stdout, stderr) in enumerate(outputs):
+        assert code == 0, f'rank {rank}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
+        status, recorded = next(line.split(' ', 2)[1:] for line in stdout.splitlines() if line.startswith('RECORDS '))
+        assert status == '0', (rank, stderr[-3000:])
+        recorded = json.loads(recorded)
+        names = {name for name, _, _ in recorded}
+        assert 'all_reduce' in names, names
+        if state_args[1] != 0:
+            assert 'broadcast' in names, 'evaluation gives every rank the BatchNorm statistics of rank 0'
+        if state_args[1] in (1, 2):
+            assert 'DistributedDataParallel' in names, names
+        off_device = [entry for entry in recorded if set(entry[1]) - {'meta'}]
+        assert not off_device, off_device
+        assert all(ids is None for name, _, ids in recorded if name == 'DistributedDataParallel'), \
+            'device_ids name a GPU only on CUDA'

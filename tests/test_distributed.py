@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,12 @@ def start_script(cwd, processes, script):
 
 
 def finish(started, timeout=600):
-    outputs = []
-    for process in started:
-        stdout, stderr = process.communicate(timeout=timeout)
-        outputs.append((process.returncode, stdout, stderr))
-    return outputs
+    """(exit status, stdout, stderr) of each process. Their pipes are read side by side: a rank
+    that writes more than a pipe holds while another is read would otherwise block, and the
+    ranks waiting for it in a collective would time out."""
+    with ThreadPoolExecutor(len(started)) as pool:
+        outputs = list(pool.map(lambda process: process.communicate(timeout=timeout), started))
+    return [(process.returncode, stdout, stderr) for process, (stdout, stderr) in zip(started, outputs)]
 
 
 def run(cwd, processes, args, timeout=600):

@@ -72,8 +72,9 @@ def init(device, timeout_seconds):
         os.environ.setdefault('TORCH_NCCL_BLOCKING_WAIT', '1')
     dist.init_process_group(BACKENDS[device.type], rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_seconds))
-    global _watch
+    global _watch, _device
     _watch = FailureWatch(store_client(), rank).start()
+    _device = device
     return device
 
 
@@ -94,6 +95,7 @@ def rank_device(device, local_rank, visible):
 
 
 _watch = None   # this process's FailureWatch while it belongs to a process group
+_device = None  # this process's device while it belongs to a process group
 
 
 def report_failure(message):
@@ -105,10 +107,11 @@ def report_failure(message):
 
 
 def shutdown():
-    global _watch
+    global _watch, _device
     if _watch is not None:
         _watch.close()
         _watch = None
+    _device = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -135,10 +138,10 @@ def barrier():
 
 
 def _collective_device():
-    """gloo reduces CPU tensors, NCCL CUDA tensors."""
-    if active() and dist.get_backend() == 'nccl':
-        return torch.device('cuda', torch.cuda.current_device())
-    return torch.device('cpu')
+    """Where the numbers this module builds for a collective go: the rank's own device, which
+    is the backend's (NCCL reduces CUDA tensors, gloo CPU ones), so that what reaches a
+    collective is on the device the run was given like every other tensor of the run."""
+    return _device if _device is not None else torch.device('cpu')
 
 
 def sum_tensor(tensor):
