@@ -8,6 +8,7 @@ is asked for by a stand-in for `stop_on_signals` that raises the flag after a nu
 which is what SIGINT does there."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,9 +252,11 @@ def test_an_image_larger_than_eval_size_is_refused_before_any_work(root, work, c
 # --- E. a validation file broken mid-run ------------------------------------------------------------
 
 def test_a_validation_file_broken_mid_run_saves_the_state(data, tmp_path, capsys, monkeypatch):
-    """Training batches saved the state before a data error ended the run; a validation did not."""
+    """Training batches saved the state before a data error ended the run; a validation did not.
+    Once the file is mended, --resume validates that step first."""
     monkeypatch.chdir(tmp_path)
     broken = data / 'JPEGImages' / f'{(data / LIST_DIR / "val.txt").read_text().split()[2]}.jpg'
+    intact = broken.read_bytes()
     real_check = utils.context.check_dataset
 
     def check_then_break(dataset, *args, **kwargs):
@@ -268,6 +271,13 @@ def test_a_validation_file_broken_mid_run_saves_the_state(data, tmp_path, capsys
     assert status == 2
     one_line(lines, broken, 'cannot read image')
     assert load_checkpoint(tmp_path / 'logs' / 'run' / 'last.pt')['step'] == 2   # the step before validating
+    monkeypatch.setattr(utils.context, 'check_dataset', real_check)
+    broken.write_bytes(intact)
+    status, _, lines = run(capsys, '--state', 2, '--exp-name', 'run', '--data-root', data, '--init-epochs', 5,
+                           '--val-num-steps', 2, '--save-every', 0, *TINY, '--resume')
+    assert status == 0, lines
+    validations = re.findall(r'supervised step (\d+)/\d+: val mIoU', log_of('run'))
+    assert validations[0] == '2', validations
 
 
 # --- F. the original's defaults ----------------------------------------------------------------------

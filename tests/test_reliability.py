@@ -160,6 +160,45 @@ def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_pat
     assert all(saved), 'everything saved was finite: nothing is saved once the weights break'
 
 
+@pytest.mark.parametrize('failing_step', [2, 4], ids=['mid-phase', 'last step'])
+def test_a_validation_that_failed_is_done_first_when_resumed(failing_step):
+    """A validation file broken mid-run stops the run after its step; once the file is mended,
+    --resume validates that step before the next one, so the model of that step (the phase's
+    last one too) still competes for the best checkpoint instead of being skipped silently."""
+    import copy
+    torch.manual_seed(0)
+    model = deeplab_v2(3, backbone='resnet14')
+    validated, saved = [], []
+
+    def run(state, broken, steps):
+        def validate():
+            if broken and state.step == failing_step:
+                raise InputError('val/x.png: cannot read label')
+            validated.append(state.step)
+            return ConfusionMatrix(3)
+        hooks = LoopHooks(validate=validate, on_best=lambda s, scores: None, on_validated=lambda s, scores: None,
+                          save_last=lambda s: saved.append((s.step, copy.deepcopy(s.extra))) or 'last.pt',
+                          log=lambda message: None, scalar=lambda *a: None)
+        batches = iter([step_batch(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))] * steps)
+        train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu')), hooks, val_every=2,
+                   save_every=0, stop=False, num_classes=3)
+
+    def fresh_state():
+        optimizer = build_optimizer(model, 0.001, 0.0)
+        return TrainState(model, optimizer, build_scheduler(optimizer, 4), torch.amp.GradScaler('cpu', enabled=False), 4)
+
+    with pytest.raises(InputError):
+        run(fresh_state(), broken=True, steps=4)
+    step, extra = saved[-1]
+    assert step == failing_step and validated == ([] if failing_step == 2 else [2])
+    resumed = fresh_state()
+    resumed.step, resumed.extra = step, extra
+    validated.clear()
+    run(resumed, broken=False, steps=4 - step)
+    assert validated == ([2, 4] if failing_step == 2 else [4]), 'the failed validation comes first'
+    assert resumed.step == 4
+
+
 def test_two_runs_of_one_name_second_refused_first_intact(root, tmp_path):
     args = ['--state', 2, '--exp-name', 'twice', '--data-root', root, '--init-epochs', 30,
             '--val-num-steps', 1000, *TINY, '--workers', 0]

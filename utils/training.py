@@ -414,6 +414,10 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
         return path
 
     try:
+        if state.extra.pop('validation_pending', False):
+            check_weights()
+            validate_now(state, hooks, train_confusion, tag, step_offset + state.step, save_last)
+            set_train_mode(train_model, frozen_bn)
         fetched = fetch(batches, stop) if state.step < state.total_steps else Fetched()
         report = agree_on_step(runtime, fetched)
         while state.step < state.total_steps:
@@ -531,7 +535,10 @@ def validate_now(state, hooks, train_confusion, tag, global_step, save_last):
     try:
         scores = hooks.validate().compute()
     except InputError:
-        save_last()   # a file broken mid-run; the step was completed: the state is whole
+        # A file broken mid-run; the step was completed: the state is whole. The resumed run
+        # validates this step first, so that its model still competes for the best checkpoint.
+        state.extra['validation_pending'] = True
+        save_last()
         raise
     for name, value in (('pixel_accuracy', scores.pixel_accuracy), ('miou', scores.miou)):
         hooks.scalar(f'val/{name}', value, global_step)
