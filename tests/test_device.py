@@ -353,20 +353,20 @@ def test_a_cuda_training_step_syncs_once(monkeypatch):
 
 
 @pytest.mark.parametrize('torch_version, torchvision_version, named', [
-    ('2.5.1+cu124', '0.20.1', 'torch 2.5.1+cu124 is older than 2.6'),
-    ('2.6.0', '0.20.1', 'torchvision 0.20.1 is older than 0.21'),
+    ('2.7.1+cu126', '0.22.1', 'torch 2.7.1+cu126 is older than 2.8'),
+    ('2.8.0', '0.22.1', 'torchvision 0.22.1 is older than 0.23'),
 ])
 def test_too_old_torch_is_one_line(monkeypatch, capsys, torch_version, torchvision_version, named):
     monkeypatch.setattr(torch, '__version__', torch_version)
     monkeypatch.setattr(main.torchvision, '__version__', torchvision_version)
     assert main.main(['--state', '3', '--device', 'cpu']) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0] and 'torch>=2.6' in lines[0]
+    assert len(lines) == 1 and named in lines[0] and 'torch>=2.8' in lines[0]
 
 
 def test_the_minimum_versions_are_the_ones_requirements_and_readme_state(repo_root):
     from utils.versions import MINIMUM_TORCH, MINIMUM_TORCHVISION, check_versions, release
-    check_versions('2.6.0', '0.21.0')
+    check_versions('2.8.0', '0.23.0')
     check_versions('2.14.1', '0.29.1')
     assert release('2.14.0a0+git1234') == (2, 14)
     torch_minimum = '.'.join(map(str, MINIMUM_TORCH))

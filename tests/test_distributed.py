@@ -14,6 +14,7 @@ ranks of several processes are processes, as torchrun starts them.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -81,6 +82,12 @@ def run(cwd, processes, args, timeout=600):
     return outputs
 
 
+def own_lines(text):
+    """What a process printed, less the line gloo itself prints at connection in some torch
+    releases (2.8: "[Gloo] Rank 1 is connected to 1 peer ranks. ...")."""
+    return [line for line in text.splitlines() if not re.match(r'\[Gloo\] Rank \d+ is connected to', line)]
+
+
 def read_png(path):
     with Image.open(path) as png:
         return np.array(png)
@@ -103,7 +110,7 @@ def test_pseudo_labels_and_thresholds_match_one_process(work):
     args = ['--state', 0, '--continue-from', 'start.pt', '--label-ratio', 0.3, *COMMON, *data(work)]
     run(work, 1, ['--exp-name', 'labels1', '--batch-size', 1, *args])
     outputs = run(work, 2, ['--exp-name', 'labels2', '--batch-size', 2, *args])
-    assert outputs[1][1] == '' and outputs[1][2] == '', 'only rank 0 prints'
+    assert own_lines(outputs[1][1]) == own_lines(outputs[1][2]) == [], 'only rank 0 prints'
     one = json.loads((work / 'logs' / 'labels1' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
     two = json.loads((work / 'logs' / 'labels2' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
     assert two['complete'] is True and two['world_size'] == 2 and one['world_size'] == 1
