@@ -46,20 +46,29 @@ def run_on_meta(work, monkeypatch, capsys, *args):
     return reads
 
 
+# Every state, as the meta-device tests run it; `state_command` names the run.
+META_STATES = {
+    'supervised': ('--state', 2, '--continue-from', 'start.pt', '--init-epochs', 2, '--val-num-steps', 2),
+    'pseudo-labeling': ('--state', 0, '--continue-from', 'start.pt', '--label-ratio', 0.5),
+    'self-training': ('--state', 1, '--continue-from', 'start.pt', '--iters', 1, '--st-epochs', 1,
+                      '--init-epochs', 1, '--val-num-steps', 2, '--gamma', 2),
+    'evaluation': ('--state', 3, '--continue-from', 'start.pt', '--scales', 1.0, 0.75, '--flip',
+                   '--save-predictions', '{run}-predictions'),
+}
+
+
+def state_command(state, run):
+    """The flags of one of META_STATES as the experiment `run` (its outputs named after it)."""
+    return ['--exp-name', run, *(str(value).format(run=run) for value in META_STATES[state])]
+
+
 # Loading a CPU checkpoint into a network on `meta` copies nothing, and torch says so per tensor.
 @pytest.mark.filterwarnings('ignore:for .*copying from a non-meta parameter')
-@pytest.mark.parametrize('state_args', [
-    ('--state', 2, '--exp-name', 'sup2', '--continue-from', 'start.pt', '--init-epochs', 2, '--val-num-steps', 2),
-    ('--state', 0, '--exp-name', 'label0', '--continue-from', 'start.pt', '--label-ratio', 0.5),
-    ('--state', 1, '--exp-name', 'self1', '--continue-from', 'start.pt', '--iters', 1, '--st-epochs', 1,
-     '--init-epochs', 1, '--val-num-steps', 2, '--gamma', 2),
-    ('--state', 3, '--exp-name', 'eval3', '--continue-from', 'start.pt', '--scales', 1.0, 0.75, '--flip',
-     '--save-predictions', 'predictions'),
-], ids=['supervised', 'pseudo-labeling', 'self-training', 'evaluation'])
-def test_every_state_computes_on_the_device_it_was_given(meta_work, monkeypatch, capsys, state_args):
+@pytest.mark.parametrize('state', list(META_STATES))
+def test_every_state_computes_on_the_device_it_was_given(meta_work, monkeypatch, capsys, state):
     """The network on `meta`, the data on the CPU: every batch must be moved before it meets the
     network, the loss or a device tensor, and every host read must go through to_host."""
-    reads = run_on_meta(meta_work, monkeypatch, capsys, *state_args)
+    reads = run_on_meta(meta_work, monkeypatch, capsys, *state_command(state, f'one-{state}'))
     assert reads.count > 0, 'the run read results back from the device through to_host'
 
 
@@ -376,25 +385,15 @@ def test_the_minimum_versions_are_the_ones_requirements_and_readme_state(repo_ro
         assert f'torch >= {torch_minimum}' in text and f'torchvision >= {vision_minimum}' in text, name
 
 
-RANK_STATES = [
-    ('--state', 2, '--exp-name', 'ranks2', '--continue-from', 'start.pt', '--init-epochs', 2, '--val-num-steps', 2),
-    ('--state', 0, '--exp-name', 'ranks0', '--continue-from', 'start.pt', '--label-ratio', 0.5),
-    ('--state', 1, '--exp-name', 'ranks1', '--continue-from', 'start.pt', '--iters', 1, '--st-epochs', 1,
-     '--init-epochs', 1, '--val-num-steps', 2, '--gamma', 2),
-    ('--state', 3, '--exp-name', 'ranks3', '--continue-from', 'start.pt', '--scales', 1.0, 0.75, '--flip',
-     '--save-predictions', 'rank-predictions'),
-]
-
-
 @pytest.mark.filterwarnings('ignore:for .*copying from a non-meta parameter')
-@pytest.mark.parametrize('state_args', RANK_STATES, ids=['supervised', 'pseudo-labeling', 'self-training', 'evaluation'])
-def test_every_tensor_handed_to_a_collective_is_on_the_device(meta_work, state_args):
+@pytest.mark.parametrize('state', list(META_STATES))
+def test_every_tensor_handed_to_a_collective_is_on_the_device(meta_work, state):
     """Two gloo processes with the network on `meta` (tests/meta_ranks.py): NCCL reduces device
     tensors only, so every tensor the project hands to a collective must be on the run's device,
     and DDP must wrap a network already there."""
     import json
     from test_distributed import finish, start
-    argv = [*META, '--data-root', meta_work / 'voc', '--dist-timeout', 60, *state_args]
+    argv = [*META, '--data-root', meta_work / 'voc', '--dist-timeout', 60, *state_command(state, f'ranks-{state}')]
     outputs = finish(start(meta_work, 2, argv, program=Path(__file__).with_name('meta_ranks.py')), timeout=300)
     for rank, (code, stdout, stderr) in enumerate(outputs):
         assert code == 0, f'rank {rank}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
@@ -403,9 +402,9 @@ def test_every_tensor_handed_to_a_collective_is_on_the_device(meta_work, state_a
         recorded = json.loads(recorded)
         names = {name for name, _, _ in recorded}
         assert 'all_reduce' in names, names
-        if state_args[1] != 0:
+        if state != 'pseudo-labeling':
             assert 'broadcast' in names, 'evaluation gives every rank the BatchNorm statistics of rank 0'
-        if state_args[1] in (1, 2):
+        if state in ('supervised', 'self-training'):
             assert 'DistributedDataParallel' in names, names
         off_device = [entry for entry in recorded if set(entry[1]) - {'meta'}]
         assert not off_device, off_device
