@@ -25,6 +25,7 @@ from tqdm import tqdm
 from utils import distributed
 from utils.device import all_finite, batch_to_device, host_values, nonfinite_flag, to_host, valid_pixels
 from utils.errors import InputError, Interrupted, RunError, TrainingDiverged
+from utils.experiment import AUTOCAST_DTYPES
 from utils.inference import Protocol, class_scores, upsample
 from utils.metrics import ConfusionMatrix
 
@@ -149,7 +150,7 @@ class Runtime:
 
     @property
     def precision(self):
-        return {None: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[self.amp_dtype]
+        return next(name for name, dtype in AUTOCAST_DTYPES.items() if dtype == self.amp_dtype)
 
     def autocast(self):
         if self.amp_dtype is None:
