@@ -1,12 +1,14 @@
-"""Datasets: constants, where the data lives, split lists, and the dataset classes (spec 2 and 3).
+"""Datasets: where the data lives, split lists, and the dataset classes (spec 2 and 3).
 
-A dataset is described once by a `DatasetInfo`; `SegmentationDataset` reads images and labels in
-one of three modes: ground truth, pseudo labels from a folder, or no label (for pseudo-labeling).
-Lists are checked as they are read (entries that escape the root), files for existence when a
-dataset is built; utils/data_check.py decodes every file before training starts.
+What a dataset is (classes, colours, layout, label encoding, sizes) comes from its description
+file, read by utils/dataset_description.py into the `DatasetInfo` used here; PASCAL VOC and
+Cityscapes are the two shipped descriptions in datasets/. `SegmentationDataset` reads images and
+labels in one of three modes: ground truth, pseudo labels from a folder, or no label (for
+pseudo-labeling). Lists are checked as they are read (entries that escape the root), files for
+existence when a dataset is built; utils/data_check.py decodes every file before training starts.
 """
 import os
-from dataclasses import dataclass, replace
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -14,152 +16,35 @@ import torch
 from PIL import Image
 
 from utils import transforms as T
+from utils.dataset_description import (COCO, DESCRIPTIONS_DIR, IMAGENET, SHIPPED, DatasetInfo,  # noqa: F401
+                                       full_resolution, get_dataset_info, resolve_root, voc_palette)
 from utils.errors import InputError
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_SPLITS_DIR = REPO_DIR / 'data_splits'
 IGNORE_INDEX = T.IGNORE_INDEX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-COCO_MEAN_BGR = (104.008, 116.669, 122.675)  # Caffe DeepLab weights: BGR, 0..255, std 1
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET['mean'], IMAGENET['std']
+COCO_MEAN_BGR = COCO['mean']   # Caffe DeepLab weights: BGR, 0..255, std 1
 
-VOC_CLASSES = (
-    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
-    'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
-    'train', 'tvmonitor')
-
-
-def voc_palette(num_colors=256):
-    """PASCAL VOC's colour map: the bits of the class index spread over R, G and B, high bit first."""
-    colors = []
-    for index in range(num_colors):
-        red = green = blue = 0
-        value = index
-        for shift in range(7, -1, -1):
-            red |= (value & 1) << shift
-            green |= ((value >> 1) & 1) << shift
-            blue |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colors.append((red, green, blue))
-    return colors
-
-
-VOC_COLORS = tuple(voc_palette(len(VOC_CLASSES)))
-
-CITY_CLASSES = (
-    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
-    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
-    'bicycle')
-CITY_COLORS = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32))
-CITY_NUM_RAW_IDS = 34
-# gtFine labelIds (raw ids 0..33) -> train ids 0..18; every other raw id is ignored.
-CITY_RAW_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-
-
-def city_label_lookup():
-    """A 256-entry uint8 table mapping raw ids to train ids (255 elsewhere)."""
-    table = torch.full((256,), IGNORE_INDEX, dtype=torch.uint8)
-    for raw_id, train_id in CITY_RAW_TO_TRAIN.items():
-        table[raw_id] = train_id
-    return table
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Everything that differs between VOC and Cityscapes."""
-    key: str                      # --dataset value
-    title: str
-    class_names: tuple
-    colors: tuple
-    crop_size: tuple              # training crop (height, width)
-    eval_size: tuple              # VOC: pad to this; Cityscapes: the base size itself
-    base_size: tuple | None       # Cityscapes resizes every image to this first
-    splits_dir: Path              # data_splits/<folder>
-    list_dir: str                 # the dataset's own list folder, relative to its root
-    root_env: str
-    default_root: Path
-    label_values: int             # ground-truth labels lie in 0..label_values-1 (or are 255)
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    def image_path(self, root, name, subset):
-        if self.key == 'voc':
-            return Path(root) / 'JPEGImages' / f'{name}.jpg'
-        return Path(root) / 'leftImg8bit' / subset / f'{name}_leftImg8bit.png'
-
-    def label_path(self, root, name, subset):
-        if self.key == 'voc':
-            return Path(root) / 'SegmentationClassAug' / f'{name}.png'
-        return Path(root) / 'gtFine' / subset / f'{name}_gtFine_labelIds.png'
-
-
-VOC = DatasetInfo(
-    key='voc', title='PASCAL VOC 2012', class_names=VOC_CLASSES, colors=VOC_COLORS,
-    crop_size=(321, 321), eval_size=(505, 505), base_size=None,
-    splits_dir=DATA_SPLITS_DIR / 'PASCAL_VOC_2012', list_dir='ImageSets/Segmentation',
-    root_env='DSTCBC_VOC_ROOT', default_root=REPO_DIR / 'data' / 'VOCdevkit' / 'VOC2012',
-    label_values=len(VOC_CLASSES))
-CITYSCAPES = DatasetInfo(
-    key='city', title='Cityscapes', class_names=CITY_CLASSES, colors=CITY_COLORS,
-    crop_size=(256, 512), eval_size=(512, 1024), base_size=(512, 1024),
-    splits_dir=DATA_SPLITS_DIR / 'Cityscapes', list_dir='data_lists',
-    root_env='DSTCBC_CITY_ROOT', default_root=REPO_DIR / 'data' / 'cityscapes',
-    label_values=CITY_NUM_RAW_IDS)
-DATASETS = {'voc': VOC, 'city': CITYSCAPES}
-
-
-def full_resolution(info):
-    """The dataset evaluated at its files' own size: Cityscapes without its 512x1024 base resize
-    (labels at 1024x2048, for sliding-window evaluation); VOC is unchanged."""
-    if info.base_size is None:
-        return info
-    return replace(info, base_size=None, eval_size=(1024, 2048))
-
-
-def get_dataset_info(key):
-    if key not in DATASETS:
-        raise InputError(f'--dataset: unknown dataset {key!r} (choose from {", ".join(DATASETS)})')
-    return DATASETS[key]
-
-
-def resolve_root(info, data_root=None):
-    """--data-root, else the environment variable, else the default; it must exist."""
-    if data_root:
-        root, source = Path(data_root), '--data-root'
-    elif os.environ.get(info.root_env):
-        root, source = Path(os.environ[info.root_env]), info.root_env
-    else:
-        root, source = info.default_root, f'the default (set --data-root or {info.root_env})'
-    if not root.is_dir():
-        raise InputError(f'{info.title} root {root} does not exist (from {source})')
-    return root
-
-
-def subset_of(list_name):
-    """Which Cityscapes folder (train/val/test) a list's entries live in."""
-    stem = Path(list_name).stem
-    if stem in ('val', 'valtiny'):
-        return 'val'
-    if stem == 'test':
-        return 'test'
-    return 'train'
+# The two shipped descriptions, read once (tests, benchmarks and pictures name them).
+VOC = get_dataset_info('voc')
+CITYSCAPES = get_dataset_info('city')
+VOC_CLASSES, VOC_COLORS = VOC.class_names, VOC.colors
+CITY_CLASSES, CITY_COLORS = CITYSCAPES.class_names, CITYSCAPES.colors
+DATASETS = tuple(SHIPPED)      # the names --dataset knows besides a description file
 
 
 def find_list(info, root, list_name):
-    """A list in the dataset's own list folder wins (val.txt lives there); else data_splits/."""
-    candidates = [Path(root) / info.list_dir / f'{list_name}.txt', info.splits_dir / f'{list_name}.txt']
+    """A list in the dataset's own list folder wins (val.txt lives there); else the shipped
+    splits folder of the description (data_splits/...), where it has one."""
+    candidates = [Path(root) / info.list_dir / f'{list_name}.txt']
+    if info.splits_dir is not None:
+        candidates.append(info.splits_dir / f'{list_name}.txt')
     for path in candidates:
         if path.is_file():
             return path
-    raise InputError(f'list {list_name}.txt not found in {candidates[0].parent} or {candidates[1].parent}')
+    raise InputError(f'list {list_name}.txt not found in {" or ".join(str(path.parent) for path in candidates)}')
 
 
 # Byte-order marks of the encodings an editor may save a list in instead of UTF-8; UTF-32's come
@@ -213,26 +98,39 @@ def check_entry(path, number, name):
                          f'U+{ord(hidden):04X}')
 
 
+def normalise_id(name):
+    """An id as the file path it names: `./x`, `x/` and `a//b` name the files of `x` and `a/b`,
+    so they are the same id (one image trained twice as often, or two label writers writing
+    one file, otherwise)."""
+    return posixpath.normpath(name)
+
+
 def read_numbered_list(path):
     """The (line number, id) pairs of a list file, one id a line, in file order: every list
     (dataset lists, split lists, generate_splits.py's input) is read here, one way.
 
-    Surrounding whitespace, blank lines and Windows line endings are ignored. Refused with one
-    line naming the file: a missing or unreadable file, text that is not UTF-8, an entry that is
-    not a plain id inside the data root, an id listed twice (it would be trained on twice, and
-    two label writers would write its pseudo label at once), and a list without ids.
+    Surrounding whitespace, blank lines and Windows line endings are ignored, and ids are
+    compared as the paths they name (`normalise_id`). Refused with one line naming the file: a
+    missing or unreadable file, text that is not UTF-8, an entry that is not a plain id inside
+    the data root, an id listed twice (it would be trained on twice, and two label writers would
+    write its pseudo label at once), and a list without ids.
     """
     path = Path(path)
     text = list_text(path, list_bytes(path))
     entries, first_line = [], {}
     for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name:
+        written = line.strip()
+        if not written:
             continue
-        check_entry(path, number, name)
+        check_entry(path, number, written)
+        name = normalise_id(written)
         if name in first_line:
-            raise InputError(f'list file {path} has {name!r} twice (lines {first_line[name]} and {number})')
-        first_line[name] = number
+            line, first = first_line[name]
+            if first == written:
+                raise InputError(f'list file {path} has {name!r} twice (lines {line} and {number})')
+            raise InputError(f'list file {path} has {first!r} (line {line}) and {written!r} (line {number}), '
+                             f'which name the same files')
+        first_line[name] = (number, written)
         entries.append((number, name))
     if not entries:
         raise InputError(f'list file {path} is empty (no names)')
@@ -313,7 +211,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     MODES = ('gt', 'pseudo', 'unlabeled')
 
     def __init__(self, info, root, names, subset, transforms, mode='gt', pseudo_label_dir=None,
-                 list_path=None):
+                 list_path=None, line_numbers=None):
         if mode not in self.MODES:
             raise ValueError(f'mode must be one of {self.MODES}')
         if mode == 'pseudo' and pseudo_label_dir is None:
@@ -326,7 +224,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.mode = mode
         self.pseudo_label_dir = Path(pseudo_label_dir) if pseudo_label_dir else None
         self.list_path = list_path
-        self.label_lookup = city_label_lookup() if info.key == 'city' else None
+        self.line_numbers = list(line_numbers) if line_numbers is not None else None
 
     def __len__(self):
         return len(self.names)
@@ -347,24 +245,29 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Where this image's ground truth would be (also for unlabeled and pseudo modes)."""
         return self.info.label_path(self.root, self.names[index], self.subset)
 
+    def listed_at(self, index):
+        """' (listed in <list>, line <n>)' for messages about entry `index`."""
+        if not self.list_path:
+            return ''
+        line = f', line {self.line_numbers[index]}' if self.line_numbers else ''
+        return f' (listed in {self.list_path}{line})'
+
     def check_files(self, with_labels=None):
         """Stop on the first missing image (or label) before any work starts."""
         with_labels = self.has_labels if with_labels is None else with_labels
-        where = f' (listed in {self.list_path})' if self.list_path else ''
         for index in range(len(self)):
             paths = [self.image_path(index)] + ([self.label_path(index)] if with_labels else [])
             for path in paths:
                 if not path.is_file():
-                    raise InputError(f'{path}: file not found{where}')
+                    raise InputError(f'{path}: file not found{self.listed_at(index)}')
         return self
 
     def load_ground_truth(self, index, path=None):
-        """Ground truth at the image's file size in train ids (Cityscapes: raw ids mapped)."""
+        """Ground truth at the image's file size as class indices (255 = ignore), decoded as
+        the description says (Cityscapes: raw ids mapped to train ids; colour masks mapped
+        through the colours)."""
         path = path or self.ground_truth_path(index)
-        label = load_label_file(path, self.info.label_values)
-        if self.label_lookup is not None:
-            label = self.label_lookup[label.long()]
-        return label
+        return torch.from_numpy(self.info.encoding.read(path))
 
     def load_label(self, index):
         """The label at the image's own size in train ids (pseudo labels are stored so)."""
@@ -413,10 +316,8 @@ def build_transforms(info, kind, coco=False, crop_size=None, eval_size=None):
     """
     crop_size = tuple(crop_size or info.crop_size)
     eval_size = tuple(eval_size or info.eval_size)
-    if coco:
-        normalize = T.Normalize(COCO_MEAN_BGR, (1.0, 1.0, 1.0), bgr=True, scale=1.0)
-    else:
-        normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    mean, std, bgr, scale = (COCO['mean'], COCO['std'], True, COCO['scale']) if coco else info.normalization
+    normalize = T.Normalize(mean, std, bgr=bgr, scale=scale)
     steps = [T.Resize(info.base_size)] if info.base_size else []
     if kind == 'train':
         steps += [T.ScaleCropFlip(crop_size, 0.5, 1.5, 0.5)]
@@ -434,7 +335,8 @@ def build_dataset(info, root, list_name, mode, transforms, pseudo_label_dir=None
     """Read a list (see `find_list`), build the dataset and check that its files exist (the
     thorough check, decoding every file, is utils/data_check.py's)."""
     list_path = find_list(info, root, list_name)
-    names = read_list(list_path)
-    dataset = SegmentationDataset(info, root, names, subset_of(list_name), transforms, mode=mode,
-                                  pseudo_label_dir=pseudo_label_dir, list_path=list_path)
+    entries = read_numbered_list(list_path)
+    dataset = SegmentationDataset(info, root, [name for _, name in entries], info.subset_of(list_name), transforms,
+                                  mode=mode, pseudo_label_dir=pseudo_label_dir, list_path=list_path,
+                                  line_numbers=[number for number, _ in entries])
     return dataset.check_files() if check else dataset

@@ -105,10 +105,12 @@ def build_parser():
     what = parser.add_argument_group('what to run')
     what.add_argument('--state', type=int, choices=sorted(STATES), required=True,
                       help='0 pseudo-label, 1 self-training (DST-CBC), 2 supervised training, 3 evaluation')
-    what.add_argument('--dataset', choices=sorted(dp.DATASETS), default='voc',
-                      help='voc: PASCAL VOC 2012 (21 classes); city: Cityscapes (19 classes)')
+    what.add_argument('--dataset', default='voc', metavar='{voc,city,FILE}',
+                      help='voc: PASCAL VOC 2012 (21 classes); city: Cityscapes (19 classes); or the path of a '
+                           'dataset description file of your own data (README: "Your own data")')
     what.add_argument('--data-root', default=None,
-                      help='dataset folder; else $DSTCBC_VOC_ROOT / $DSTCBC_CITY_ROOT, else ./data/...')
+                      help='dataset folder; else $DSTCBC_VOC_ROOT / $DSTCBC_CITY_ROOT, else the root the '
+                           'description names (./data/... for voc and city; a description\'s own folder)')
     what.add_argument('--exp-name', default=None,
                       help='names every output, and holds one run: a name whose files hold another run is '
                            'refused (see --resume, --overwrite); default: a timestamp and the process id')
@@ -299,6 +301,8 @@ def describe_run(args, argv, runtime, info, root, experiment):
     architecture, adopted = resolve_architecture(args, weights)
     settings = dict(vars(args), **architecture)
     settings.update(data_root_resolved=str(root), lists=lists, device=str(runtime.device),
+                    dataset_name=info.name, dataset_digest=info.digest,
+                    dataset_description=str(info.description.resolve()) if info.description else None,
                     world_size=runtime.world_size, precision=runtime.precision, channels_last=runtime.channels_last,
                     precision_text=describe_precision(runtime.precision, args.mixed_precision, runtime.device),
                     versions=torch_versions(),

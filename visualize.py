@@ -544,12 +544,15 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
 
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        key = dataset or _recorded(checkpoint, 'dataset') or 'voc'
-        info = dp.get_dataset_info(key)
+        info, chosen_by = panel_dataset(checkpoint, dataset)
         stored_classes = checkpoint.get('num_classes') or info.num_classes
         if stored_classes != info.num_classes:
             raise InputError(f'{checkpoint_path}: checkpoint has {stored_classes} classes but '
-                             f'{info.title} has {info.num_classes}')
+                             f'{info.title} ({chosen_by}) has {info.num_classes}; pass --dataset')
+        recorded_classes = checkpoint.get('classes')
+        if recorded_classes and list(recorded_classes) != list(info.class_names):
+            raise InputError(f'{checkpoint_path}: checkpoint was trained for the classes '
+                             f'{", ".join(recorded_classes)}, not those of {info.title} ({chosen_by}); pass --dataset')
         architecture = checkpoint.get('architecture') or {}
         model = deeplab_v2(int(stored_classes),
                            backbone=architecture.get('backbone', DEFAULT_BACKBONE),
@@ -566,7 +569,7 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
         coco = bool(_recorded(checkpoint, 'coco')) if coco is None else coco
         eval_size = tuple(eval_size or _recorded(checkpoint, 'eval_size') or info.eval_size)
         root = dp.resolve_root(info, data_root)
-        list_path = dp.find_list(info, root, list_name)
+        list_path = find_panel_list(info, root, list_name, chosen_by)
         names = dp.read_list(list_path)
         if image_ids:
             missing = [name for name in image_ids if name not in names]
@@ -579,7 +582,7 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
             raise InputError(f'{pseudo_dir}: no such pseudo-label folder')
 
         transforms = dp.build_transforms(info, 'eval', coco=coco, eval_size=eval_size)
-        subset = dp.subset_of(list_name)
+        subset = info.subset_of(list_name)
         labeled = all(info.label_path(root, names[index], subset).is_file() for index in indices)
         data = dp.SegmentationDataset(info, root, names, subset, transforms,
                                       mode='gt' if labeled else 'unlabeled', list_path=list_path)
@@ -615,6 +618,49 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
     except InputError as error:
         raise PanelInputError(str(error)) from None
     return rows, info
+
+
+def panel_dataset(checkpoint, dataset=None):
+    """(DatasetInfo, why it was chosen): --dataset, else the description the checkpoint's run
+    read (when it is still there), else its recorded shipped dataset name, else VOC."""
+    import data_processing as dp
+
+    if dataset:
+        return dp.get_dataset_info(dataset), f'--dataset {dataset}'
+    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+    description = settings.get('dataset_description')
+    if description and Path(description).is_file():
+        return dp.get_dataset_info(description), 'the dataset the checkpoint was trained on'
+    name = _recorded(checkpoint, 'dataset')
+    if name in dp.SHIPPED:
+        return dp.get_dataset_info(name), 'the dataset the checkpoint was trained on'
+    return dp.get_dataset_info('voc'), 'the default, voc'
+
+
+def find_panel_list(info, root, list_name, chosen_by):
+    """The list, or a message that says which dataset was looked for and why, when the root
+    does not hold that dataset at all (a Cityscapes checkpoint pointed at a VOC root)."""
+    import data_processing as dp
+    from utils.errors import InputError
+
+    try:
+        return dp.find_list(info, root, list_name)
+    except InputError:
+        if not (Path(root) / info.list_dir).is_dir():
+            raise InputError(f'{root} holds no {info.title} dataset (no {info.list_dir}/ folder), but '
+                             f'{info.title} is {chosen_by}: pass --dataset for the data at --data-root, or the '
+                             f'{info.title} root') from None
+        raise
+
+
+def argument_text(value):
+    """A command-line value as the UTF-8 text the lists are read as (utils: lists are UTF-8
+    whatever the locale): under LC_ALL=C Python decodes argv as ASCII with escapes, so a
+    non-ASCII id would match nothing."""
+    try:
+        return os.fsencode(value).decode('utf-8')
+    except UnicodeDecodeError:
+        return value
 
 
 # --------------------------------------------------------------------------------- results files
@@ -803,8 +849,9 @@ def command_panels(args):
     a checkpoint sees them."""
     if args.count < 1:
         raise PanelInputError(f'--count must be at least 1, got {args.count}')
+    image_ids = [argument_text(name) for name in args.images] if args.images else None
     rows, info = compute_panels(args.checkpoint, data_root=args.data_root, dataset=args.dataset,
-                                list_name=args.list, image_ids=args.images, count=args.count,
+                                list_name=argument_text(args.list), image_ids=image_ids, count=args.count,
                                 pseudo_dir=args.pseudo_dir, coco=args.coco, eval_size=args.eval_size,
                                 device=args.device)
     title = args.title if args.title is not None else f'{Path(args.checkpoint).name} on {args.list}'
@@ -848,8 +895,9 @@ def build_parser():
                         help='a checkpoint written by main.py (or a converted one)')
     panels.add_argument('--data-root', type=Path, default=None, metavar='ROOT',
                         help='dataset folder (default: as main.py finds it)')
-    panels.add_argument('--dataset', choices=('voc', 'city'), default=None,
-                        help='default: what the checkpoint records, else voc')
+    panels.add_argument('--dataset', default=None, metavar='{voc,city,FILE}',
+                        help='voc, city or a dataset description file; default: what the checkpoint records, '
+                             'else voc')
     panels.add_argument('--list', default='val', help='the list the images come from (default val)')
     panels.add_argument('--images', nargs='+', default=None, metavar='ID',
                         help='ids of the list to show (default: its first --count)')

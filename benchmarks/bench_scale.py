@@ -77,7 +77,7 @@ class StandInNetwork(torch.nn.Module):
 
 class StandInInfo:
     def __init__(self, key, num_classes):
-        self.key = key
+        self.name = key
         self.num_classes = num_classes
         self.class_names = tuple(f'class{c}' for c in range(num_classes))
 

@@ -584,7 +584,7 @@ class Network(torch.nn.Module):   # random logits at 1/8, the same for an image 
         return {'out': torch.randn(images.shape[0], 21, height // 8, width // 8, generator=generator) * 3}
 
 class Info:
-    key, num_classes, class_names = 'voc', 21, tuple(str(c) for c in range(21))
+    name, num_classes, class_names = 'voc', 21, tuple(str(c) for c in range(21))
 
 class Dataset(torch.utils.data.Dataset):
     info, list_path = Info(), 'stand-in'

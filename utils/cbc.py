@@ -45,7 +45,7 @@ from utils.device import HostCopy, to_host
 from utils.errors import InputError, RunError
 from utils.experiment import write_json
 from utils.files import FolderLock, atomic_path, fsync_path, guarded_write
-from utils.inference import upsample
+from utils.inference import Protocol, class_scores, upsample
 from utils.metrics import ConfusionMatrix
 from utils.transforms import resize_label
 
@@ -132,6 +132,12 @@ def exact_thresholds(buffer, ratio):
     ratio >= 1 -> the smallest; count * ratio < 1 -> 1e-5; else the value at position
     [-int(count * ratio) - 1], so about the top `ratio` share of each class survives.
     """
+    return thresholds_and_counts(buffer, ratio)[0]
+
+
+def thresholds_and_counts(buffer, ratio):
+    """`exact_thresholds` and, per class, how many sampled pixels were predicted as it (summed
+    over all processes)."""
     num_classes = buffer.num_classes
     high_histograms = class_histograms(buffer)
     counts = high_histograms.sum(axis=1)
@@ -161,7 +167,7 @@ def exact_thresholds(buffer, ratio):
         low = int(np.searchsorted(cumulative, remaining[class_index], side='right'))
         bits = np.array([(int(select[class_index]) << HALF_BITS) | low], dtype=np.uint32)
         thresholds.append(float(bits.view(np.float32)[0]))
-    return thresholds
+    return thresholds, [int(count) for count in counts.tolist()]
 
 
 def class_thresholds(sample_probs, sample_classes, num_classes, ratio):
@@ -319,7 +325,7 @@ class PredictionCache:
 # --- the pass ----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_unlabeled(model, loader, runtime, store, samples):
+def predict_unlabeled(model, loader, runtime, store, samples, protocol=Protocol()):
     """The one forward pass over this rank's share: each map into `store`, every 16th pixel into
     `samples`. Logits are upsampled to the padded evaluation size, cut back to the image's own
     size, then softmaxed (the original upsampled to the 321 crop size: misaligned labels, spec
@@ -336,7 +342,7 @@ def predict_unlabeled(model, loader, runtime, store, samples):
         for batch in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True,
                           disable=None if runtime.is_main else True):
             images, _ = runtime.to_device(batch)
-            maps = HostCopy(own_size_maps(model, images, batch['own_size'].tolist(), runtime))
+            maps = HostCopy(own_size_maps(model, images, batch['own_size'].tolist(), runtime, protocol))
             if in_flight is not None:
                 keep_maps(*in_flight, store, samples, loader.dataset)
             in_flight = (maps, batch['index'].tolist())
@@ -348,13 +354,19 @@ def predict_unlabeled(model, loader, runtime, store, samples):
     store.finish_writing()
 
 
-def own_size_maps(model, images, own_sizes, runtime):
+def own_size_maps(model, images, own_sizes, runtime, protocol=Protocol()):
     """Per image, its max probability (float32) and class (uint8) maps at its own size, on the
-    device: [max_prob_0, class_0, max_prob_1, class_1, ...]."""
-    logits = upsample(runtime.forward(model, images).float(), images.shape[-2:])
+    device: [max_prob_0, class_0, max_prob_1, class_1, ...]. A dataset whose description gives
+    a sliding window is labeled window by window, as it is evaluated (probabilities averaged)."""
+    if protocol.single_view:
+        scores = upsample(runtime.forward(model, images).float(), images.shape[-2:])
+    else:
+        scores = class_scores(model, images, images.shape[-2:], runtime, protocol)
     maps = []
-    for logit, (height, width) in zip(logits, own_sizes):
-        max_prob, predicted = torch.softmax(logit[:, :height, :width], dim=0).max(dim=0)
+    for score, (height, width) in zip(scores, own_sizes):
+        crop = score[:, :height, :width]
+        probabilities = torch.softmax(crop, dim=0) if protocol.single_view else crop
+        max_prob, predicted = probabilities.max(dim=0)
         maps += [max_prob, predicted.to(torch.uint8)]
     return maps
 
@@ -548,11 +560,28 @@ def write_manifest(folder, manifest):
     distributed.agree_on_errors(error)
 
 
+def undefined_threshold_notes(class_names, sampled_counts, ratio):
+    """What the labeler did for each class whose CBC threshold the samples cannot define (count x
+    ratio < 1): the original's 1e-5, kept for VOC and Cityscapes' numbers, which keeps every pixel
+    predicted as the class; for a user's own data that may be a class the network never learned."""
+    notes = []
+    for index, count in enumerate(sampled_counts):
+        if count * ratio >= 1:
+            continue
+        predicted = ('the network predicts it on no sampled pixel' if count == 0 else
+                     f'the network predicts it on only {count} sampled pixel{"s" if count > 1 else ""} '
+                     f'(every {SAMPLE_STRIDE}th pixel is sampled)')
+        notes.append(f'class {class_names[index]!r} ({index}): {predicted}, so at ratio {ratio:.4g} its threshold '
+                     f'is undefined and is {EMPTY_CLASS_THRESHOLD:g}, the original\'s rule: every pixel predicted as '
+                     f'it is kept')
+    return notes
+
+
 # --- one labeling ------------------------------------------------------------------------------
 
 def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, checkpoint_path,
                            checkpoint_sha256, experiment_name, runtime, memory_budget_mb, log,
-                           cache_root=None, threads=2):
+                           cache_root=None, threads=2, protocol=Protocol()):
     """Label every image of `dataset` (mode 'unlabeled', this rank's share in `loader`) and return
     the report of spec section 7. Reuses a complete folder made from the same checkpoint, ratio
     and list. `cache_root` is where the private spill folder goes (default: the label folder's
@@ -569,7 +598,7 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
     manifest = {
         'format': 'dstcbc-pseudo-v1', 'complete': False, 'experiment': experiment_name,
         'checkpoint': str(checkpoint_path), 'checkpoint_sha256': checkpoint_sha256, 'ratio': ratio,
-        'dataset': dataset.info.key, 'list': str(dataset.list_path), 'count': len(names),
+        'dataset': dataset.info.name, 'list': str(dataset.list_path), 'count': len(names),
         'names_sha256': names_digest(names), 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
         'world_size': distributed.world_size(),
     }
@@ -582,9 +611,9 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
             log(f'removed {stale}, a prediction cache left by a killed run')
         store = PredictionStore(memory_budget_mb * 2 ** 20, cache.path)
         try:
-            predict_unlabeled(model, loader, runtime, store, samples)
+            predict_unlabeled(model, loader, runtime, store, samples, protocol)
             predicted_at = time.time()
-            thresholds = exact_thresholds(samples, ratio)
+            thresholds, sampled_counts = thresholds_and_counts(samples, ratio)
             thresholded_at = time.time()
             spilled, spill_bytes, memory_bytes = distributed.sum_numbers(
                 [store.spilled, store.spill_size, store.memory_bytes], dtype=torch.int64)
@@ -626,6 +655,9 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
             manifest['ground_truth_skipped'] = len(bad_truths)
             log(f'pseudo-label quality: {len(bad_truths)} ground-truth label(s) unusable and left out '
                 f'of the diagnostic score (first: {bad_truths[0]})')
+    manifest['notes'] = undefined_threshold_notes(dataset.info.class_names, sampled_counts, ratio)
+    for note in manifest['notes']:
+        log(f'pseudo-labeling: {note}')
     write_manifest(folder, manifest)
     quality_text = (f', mIoU of kept labels vs ground truth {manifest["pseudo_label_miou"] * 100:.2f} '
                     f'(diagnostic only)' if manifest.get('pseudo_label_miou') is not None else '')

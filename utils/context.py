@@ -31,11 +31,15 @@ DEFAULT_ARCHITECTURE = {'backbone': 'resnet101', 'head_branches': 2}
 # listed (workers, device, save-every, label-memory-mb, cache-dir, dist-timeout, results-file)
 # change how it runs, not what it gives; the number of processes may change too.
 RUN_DEFINING_FLAGS = (
-    'state', 'dataset', 'data_root_resolved', 'split', 'sets_id', 'valtiny', 'backbone',
+    'state', 'dataset_digest', 'data_root_resolved', 'split', 'sets_id', 'valtiny', 'backbone',
     'head_branches', 'coco', 'from_scratch', 'mixed_precision', 'precision', 'continue_from', 'batch_size', 'lr',
     'weight_decay', 'init_epochs', 'st_epochs', 'st_lr', 'iters', 'round', 'init_label_ratio',
     'det_label_ratio', 'label_ratio', 'gamma', 'val_num_steps', 'no_aug', 'crop_size', 'eval_size',
     'seed', 'sync_bn', 'frozen_bn', 'pseudo_dir')
+
+
+# Settings that are not flags themselves: the flag a user changes to change them.
+FLAG_OF_SETTING = {'data_root_resolved': '--data-root', 'dataset_digest': '--dataset (its description)'}
 
 
 @dataclass
@@ -49,19 +53,21 @@ class RunContext:
     architecture: dict           # backbone and head layout of the network this run uses
     # id(network) -> (network, its SyncBatchNorm form, its DDP wrapper); see for_training
     training_wrappers: dict = field(default_factory=dict, repr=False)
+    warnings: list = field(default_factory=list)        # said once in the log, kept in results.json
+    checked_lists: dict = field(default_factory=dict)   # list name -> its ids, once checked
 
     # --- lists and datasets ------------------------------------------------------------------
     @property
     def labeled_list(self):
-        return list_names(self.args)['labeled']
+        return list_names(self.args, self.info)['labeled']
 
     @property
     def unlabeled_list(self):
-        return list_names(self.args)['unlabeled']
+        return list_names(self.args, self.info)['unlabeled']
 
     @property
     def val_list(self):
-        return list_names(self.args)['val']
+        return list_names(self.args, self.info)['val']
 
     @property
     def crop_size(self):
@@ -80,11 +86,35 @@ class RunContext:
                                    pseudo_label_dir=pseudo_label_dir, check=mode != 'pseudo')
         check_list_unchanged(dataset, (self.settings.get('lists') or {}).get(list_name))
         if mode != 'pseudo':
-            sizes = check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
-                                  threads=max(self.runtime.workers, 2), log=self.experiment.log)
+            report = check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
+                                   threads=max(self.runtime.workers, 2), log=self.experiment.log)
             if kind == 'eval' and info.base_size is None:
-                check_fits_canvas(dataset, sizes, tuple(self.args.eval_size or info.eval_size))
+                check_fits_canvas(dataset, report.sizes, tuple(self.args.eval_size or info.eval_size))
+            self.note_checked(list_name, dataset, report)
         return dataset
+
+    def warn(self, message, logged=False):
+        """A warning said once, in the log (unless `logged` already) and in results.json."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            if not logged:
+                self.experiment.log(f'warning: {message}')
+
+    def note_checked(self, list_name, dataset, report):
+        """What a checked list tells about the data: classes the labeled images lack or barely
+        show, and validation ids that are also labeled."""
+        self.checked_lists[list_name] = dataset.names
+        if list_name == self.labeled_list and report.class_pixels is not None:
+            for message in class_warnings(self.info, list_name, len(dataset), report.class_pixels):
+                self.warn(message)
+        labeled, val = self.checked_lists.get(self.labeled_list), self.checked_lists.get(self.val_list)
+        if labeled is not None and val is not None and self.labeled_list != self.val_list:
+            shared = sorted(set(labeled) & set(val))
+            if shared:
+                self.warn(f'{len(shared)} id{"s" if len(shared) > 1 else ""} of the validation list '
+                          f'{self.val_list} {"are" if len(shared) > 1 else "is"} also in the labeled list '
+                          f'{self.labeled_list} (first: {shared[0]!r}): validation scores on them say how well '
+                          f'the network remembers its training images, and choose checkpoints by that')
 
     @property
     def label_writers(self):
@@ -102,9 +132,16 @@ class RunContext:
         return make_loader(dataset, batch_sampler=sampler, workers=self.runtime.workers,
                            device=self.runtime.device)
 
-    def validation(self, model, protocol=Protocol()):
+    @property
+    def default_protocol(self):
+        """How validation and labeling look at an image: the paper's single view, or the sliding
+        window the dataset's description asks for."""
+        return Protocol(window=self.info.eval_window)
+
+    def validation(self, model, protocol=None):
         """A function that scores `model` on val (or valtiny), returning the confusion matrix summed
         over all processes; the dataset is checked once, now."""
+        protocol = protocol or self.default_protocol
         loader = self.eval_loader(self.dataset(self.val_list, 'gt', 'eval'), persistent=True)
         return lambda: evaluate(model, loader, self.info.num_classes, self.runtime, desc=self.val_list,
                                 protocol=protocol)
@@ -112,7 +149,7 @@ class RunContext:
     @property
     def validation_key(self):
         """What a stored best mIoU was measured on; it is reused only when this matches."""
-        return {'dataset': self.info.key, 'list': self.val_list, 'root': str(self.root.resolve()),
+        return {'dataset': self.info.name, 'list': self.val_list, 'root': str(self.root.resolve()),
                 'eval_size': list(self.args.eval_size or self.info.eval_size), 'coco': bool(self.args.coco)}
 
     # --- model and checkpoints ---------------------------------------------------------------
@@ -158,12 +195,14 @@ class RunContext:
         if not path:
             raise InputError(f'{flag} is required for --state={self.args.state}')
         checkpoint = load_checkpoint(path, num_classes=self.info.num_classes)
+        check_classes(checkpoint, self.info, path)
         check_architecture(checkpoint, self.architecture, path)
         load_model_state(model, checkpoint, path)
         return checkpoint
 
     def checkpoint_extra(self, extra=None):
-        return dict(extra or {}, validation=self.validation_key, architecture=dict(self.architecture))
+        return dict(extra or {}, validation=self.validation_key, architecture=dict(self.architecture),
+                    classes=list(self.info.class_names))
 
     def save_best(self, model, step, best_miou, extra=None):
         """Rank 0 writes; every rank learns whether the write failed."""
@@ -253,7 +292,7 @@ def check_same_run(saved, current, path):
             continue
         before, now = normalise(saved.get(key)), normalise(current.get(key))
         if before != now:
-            flag = '--data-root' if key == 'data_root_resolved' else '--' + key.replace('_', '-')
+            flag = FLAG_OF_SETTING.get(key, '--' + key.replace('_', '-'))
             raise InputError(f'--resume: {flag} was {before} in the interrupted run ({path}), now {now}; '
                              f'resume with the same flags, or start a new --exp-name')
     saved_lists, current_lists = saved.get('lists') or {}, current.get('lists') or {}
@@ -266,18 +305,18 @@ def check_same_run(saved, current, path):
                          f'are not the same; restore the list, or start a new --exp-name')
 
 
-def list_names(args):
+def list_names(args, info):
     """The names of the labeled, unlabeled and validation lists the flags select."""
     return {'labeled': f'{args.split}_labeled_{args.sets_id}',
             'unlabeled': f'{args.split}_unlabeled_{args.sets_id}',
-            'val': 'valtiny' if args.valtiny else 'val'}
+            'val': 'valtiny' if args.valtiny else info.val_list}
 
 
 def list_digests(info, root, args):
     """{list name: {file, ids_sha256}} of every list this state reads, read now (so a missing
     list stops the run at once) and kept in the settings: --resume refuses a list whose ids
     changed since the run began (SHA-256 of the ids in order, as the batches depend on it)."""
-    names = list_names(args)
+    names = list_names(args, info)
     digests = {}
     for role in STATE_LISTS[args.state]:
         path = dp.find_list(info, root, names[role])
@@ -311,6 +350,18 @@ def check_fits_canvas(dataset, sizes, canvas):
 
 def normalise(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+def check_classes(checkpoint, info, path):
+    """A checkpoint that records its class names must have this dataset's (the count alone is
+    checked by load_checkpoint): a network for other classes would load and score nonsense."""
+    recorded = checkpoint.get('classes')
+    if not recorded or list(recorded) == list(info.class_names):
+        return
+    differ = next(index for index, (have, want) in enumerate(zip(recorded, info.class_names)) if have != want)
+    raise InputError(f'{path}: checkpoint was trained for the classes {", ".join(recorded)}, but '
+                     f'{info.description or info.name} names {", ".join(info.class_names)} (class {differ}: '
+                     f'{recorded[differ]!r} there, {info.class_names[differ]!r} here)')
 
 
 def check_architecture(checkpoint, architecture, path):
@@ -362,10 +413,36 @@ def finish(context, best_miou, results):
 
 def common_results(context):
     args = context.args
-    return {'experiment': context.experiment.name, 'dataset': context.info.key, 'split': str(args.split),
+    return {'experiment': context.experiment.name, 'dataset': context.info.name, 'split': str(args.split),
             'sets_id': args.sets_id, 'class_names': list(context.info.class_names),
             'world_size': context.runtime.world_size, 'val_list': context.val_list,
-            'architecture': dict(context.architecture)}
+            'architecture': dict(context.architecture), 'warnings': list(context.warnings)}
+
+
+# A class with less than this share of the labeled pixels (ignored ones aside) is named in a
+# warning: the network sees too few of its pixels to learn it well.
+TINY_CLASS_SHARE = 0.001
+
+
+def class_warnings(info, list_name, count, class_pixels):
+    """Warnings about the classes of a labeled list: absent ones (their IoU cannot be learned
+    from it and their CBC threshold is undefined), and those with a tiny share of its pixels."""
+    total = int(class_pixels.sum())
+    messages = []
+    absent = [index for index in range(info.num_classes) if class_pixels[index] == 0]
+    for index in absent:
+        messages.append(
+            f'class {info.class_names[index]!r} ({index}) appears in no image of the labeled list {list_name} '
+            f'({count} images): the network cannot learn it from them, so its IoU stays near 0 unless '
+            f'self-training finds it; and where the network predicts it on no sampled unlabeled pixel, its CBC '
+            f'threshold is undefined: the labeler then gives it 1e-5 (the original\'s rule), which keeps every '
+            f'pixel predicted as it')
+    for index in range(info.num_classes):
+        share = class_pixels[index] / total if total else 0.0
+        if index not in absent and share < TINY_CLASS_SHARE:
+            messages.append(f'class {info.class_names[index]!r} ({index}) has {share * 100:.3f}% of the labeled '
+                            f'pixels of {list_name} ({int(class_pixels[index])} of {total}): too few to learn it well')
+    return messages
 
 
 def scores_summary(scores, info):

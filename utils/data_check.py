@@ -2,8 +2,10 @@
 
 A bad label found at the first validation would throw away all the steps before it; a missing
 file found mid-epoch would stop a run hours in. So each list is checked up front: the image
-exists and decodes, the label (where the list has labels) exists, decodes, has the image's size
-and only values 0..C-1 or 255 (Cityscapes: raw ids 0..33 or 255).
+exists and decodes, the label (where the list has labels) exists, is no lossy file, decodes as
+its dataset's description says (utils/label_encoding.py: only known values or colours) and has
+the image's size, and no two ids name the same image file. Each label's class pixel counts are
+kept, for the warnings about classes the labeled images lack (utils/context.py).
 
 The check runs in threads (Pillow decodes outside the GIL) and, in a distributed run, each rank
 checks its share. What passed is remembered per list in `<cache dir>/<key>.json` by file size and
@@ -13,25 +15,34 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-import data_processing as dp
 from utils import distributed
 from utils.errors import InputError
 from utils.files import atomic_path
 
-CACHE_FORMAT = 'dstcbc-data-check-v1'
+CACHE_FORMAT = 'dstcbc-data-check-v2'
+
+
+@dataclass
+class CheckReport:
+    """What the check of one list found: each image's (height, width), and the pixels of each
+    class over its labels (None for a list checked without labels)."""
+    sizes: list
+    class_pixels: np.ndarray | None
 
 
 def file_stamp(path):
-    """(size, mtime in ns) of a file, or None when it does not exist."""
+    """(size, mtime in ns, inode, device) of a file, or None when it does not exist."""
     try:
         status = os.stat(path)
     except FileNotFoundError:
         return None
-    return [status.st_size, status.st_mtime_ns]
+    return [status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev]
 
 
 def image_size(path):
@@ -58,31 +69,32 @@ def check_entry(dataset, index, with_labels):
     image_path = dataset.image_path(index)
     image_stamp = file_stamp(image_path)
     if image_stamp is None:
-        raise InputError(f'{image_path}: file not found{listed_in(dataset)}')
+        raise InputError(f'{image_path}: file not found{dataset.listed_at(index)}')
     height, width = image_size(image_path)
     record = {'image': image_stamp, 'size': [height, width]}
     if with_labels:
         label_path = dataset.label_path(index)
         label_stamp = file_stamp(label_path)
         if label_stamp is None:
-            raise InputError(f'{label_path}: file not found{listed_in(dataset)}')
-        array = dp.read_label_array(label_path)
-        dp.check_label_values(array, label_path, dataset.info.label_values)
+            raise InputError(f'{label_path}: file not found{dataset.listed_at(index)}')
+        array = dataset.info.encoding.read(label_path)
         if tuple(array.shape) != (height, width):
-            raise InputError(f'{label_path}: label is {tuple(array.shape)} but image {image_path} is '
-                             f'{(height, width)}')
+            raise InputError(f'{label_path}: label is {array.shape[0]}x{array.shape[1]} but its image '
+                             f'{image_path} is {height}x{width}{dataset.listed_at(index)}')
         record['label'] = label_stamp
+        record['class_pixels'] = class_pixels(array, dataset.info.num_classes).tolist()
     return record
 
 
-def listed_in(dataset):
-    return f' (listed in {dataset.list_path})' if dataset.list_path else ''
+def class_pixels(label, num_classes):
+    """Pixels of each class in a decoded label (255 and nothing else left out)."""
+    return np.bincount(label.reshape(-1), minlength=256)[:num_classes]
 
 
 def cache_path(dataset, cache_dir, with_labels):
     """One cache file per list file, root and check kind."""
     key = json.dumps([str(Path(dataset.list_path or '').resolve()), str(dataset.root.resolve()),
-                      dataset.info.key, dataset.subset, with_labels])
+                      dataset.info.digest, dataset.subset, with_labels])
     return Path(cache_dir) / f'{hashlib.sha256(key.encode()).hexdigest()[:20]}.json'
 
 
@@ -102,7 +114,7 @@ def still_valid(record, dataset, index, with_labels):
 
 def check_dataset(dataset, cache_dir, threads, log=None):
     """Check every entry of `dataset` (images; labels too unless mode 'unlabeled'); raise the first
-    error (in list order) as one line. Returns the image sizes, (height, width) per index."""
+    error (in list order) as one line. Returns a CheckReport (sizes, class pixels)."""
     with_labels = dataset.mode == 'gt'
     cache_file = cache_path(dataset, cache_dir, with_labels)
     cached = read_cache(cache_file)
@@ -136,7 +148,32 @@ def check_dataset(dataset, cache_dir, threads, log=None):
     if log is not None and todo:
         log(f'checked {len(todo)} files of {dataset.list_path or "the list"} '
             f'({len(dataset) - len(todo)} unchanged since the last check)')
-    return [tuple(gathered[index]['size']) for index in range(len(dataset))]
+    records = [gathered[index] for index in range(len(dataset))]
+    check_distinct_files(dataset, records)
+    pixels = None
+    if with_labels:
+        pixels = np.zeros(dataset.info.num_classes, dtype=np.int64)
+        for record in records:
+            pixels += np.asarray(record['class_pixels'], dtype=np.int64)
+    return CheckReport([tuple(record['size']) for record in records], pixels)
+
+
+def check_distinct_files(dataset, records):
+    """Two ids of one list must not name one image file (a link, or a case-insensitive file
+    system): it would be trained on twice as often, and its pseudo label written twice."""
+    seen = {}
+    for index, record in enumerate(records):
+        identity = tuple(record['image'][2:4])
+        if identity in seen:
+            first = seen[identity]
+            raise InputError(f'{dataset.list_path}: ids {dataset.names[first]!r}{line_of(dataset, first)} and '
+                             f'{dataset.names[index]!r}{line_of(dataset, index)} name the same image file '
+                             f'{dataset.image_path(index)}; list it once')
+        seen[identity] = index
+
+
+def line_of(dataset, index):
+    return f' (line {dataset.line_numbers[index]})' if dataset.line_numbers else ''
 
 
 def todo_anywhere(gathered, cached, dataset):

@@ -20,13 +20,10 @@ from utils.inference import Protocol, upsample
 from utils.metrics import format_table
 from utils.training import evaluate
 
-# Cityscapes train id -> label id, for the benchmark server's label-id PNGs.
-CITY_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-
-def protocol_from_flags(args):
-    return Protocol(scales=tuple(args.scales), flip=args.flip,
-                    window=tuple(args.sliding_window) if args.sliding_window else None,
+def protocol_from_flags(args, info):
+    """The evaluation protocol of the flags; the sliding window defaults to the description's."""
+    window = tuple(args.sliding_window) if args.sliding_window else info.eval_window
+    return Protocol(scales=tuple(args.scales), flip=args.flip, window=window,
                     stride=tuple(args.window_stride) if args.window_stride else None)
 
 
@@ -44,13 +41,16 @@ def save_png(image, path):
 
 
 class PredictionWriter:
-    """Writes each image's prediction at the image file's own size: a colour PNG (VOC palette,
-    Cityscapes colours) and, for Cityscapes, the label-id PNG the benchmark server reads."""
+    """Writes each image's prediction at the image file's own size: a palette PNG of class
+    indices in the dataset's colours and, for a dataset whose labels map raw values to classes
+    (Cityscapes' label ids), a PNG of those raw values (what Cityscapes' benchmark server reads)."""
 
     def __init__(self, folder, dataset):
         self.folder = Path(folder)
         self.dataset = dataset
         self.written = 0
+        raw = dataset.info.encoding.raw_value_of_class()
+        self.raw_values = None if raw is None else np.asarray(raw, dtype=np.uint8)
 
     def __call__(self, batch, scores):
         for scores_one, index, own, file_size in zip(scores, batch['index'].tolist(),
@@ -64,9 +64,9 @@ class PredictionWriter:
             prediction = to_host(scores_one.argmax(0).to(torch.uint8)).numpy()
             name = self.dataset.names[index]
             save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
-            if self.dataset.info.key == 'city':
-                label_ids = np.asarray(CITY_TRAIN_TO_LABEL_ID, dtype=np.uint8)[prediction]
-                save_png(Image.fromarray(label_ids, mode='L'), self.folder / 'label_ids' / f'{name}.png')
+            if self.raw_values is not None:
+                save_png(Image.fromarray(self.raw_values[prediction], mode='L'),
+                         self.folder / 'label_ids' / f'{name}.png')
             self.written += 1
 
 
@@ -75,7 +75,7 @@ def run_evaluation(context):
     args = context.args
     model = context.build_model(initialise_backbone=False)
     checkpoint = context.load_weights(model, args.continue_from)
-    protocol = protocol_from_flags(args)
+    protocol = protocol_from_flags(args, context.info)
     dataset = context.dataset(context.val_list, 'gt', 'eval', full_resolution=args.full_resolution)
     context.experiment.log(f'evaluating {args.continue_from} ({describe_checkpoint(checkpoint)}) on '
                            f'{context.info.title} {context.val_list}, {len(dataset)} images; protocol '

@@ -19,8 +19,11 @@ def run_pseudo_labeling(context):
         pseudo_label_dir=context.experiment.pseudo_label_dir, checkpoint_path=args.continue_from,
         checkpoint_sha256=file_sha256(args.continue_from), experiment_name=context.experiment.name,
         runtime=context.runtime, memory_budget_mb=args.label_memory_mb, log=context.experiment.log,
-        cache_root=args.cache_dir or context.experiment.log_dir, threads=context.label_writers)
+        cache_root=args.cache_dir or context.experiment.log_dir, threads=context.label_writers,
+        protocol=context.default_protocol)
     names = context.info.class_names
+    for note in report.get('notes', []):
+        context.warn(note, logged=True)
     finish(context, None, {
         'state': 0, 'method': 'cbc-labels', 'ratio': ratio,
         'pseudo_label_dir': str(context.experiment.pseudo_label_dir),

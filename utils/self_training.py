@@ -119,7 +119,8 @@ def label_round(context, model, unlabeled_set, progress, ratio, resuming):
         pseudo_label_dir=experiment.pseudo_label_dir, checkpoint_path=source,
         checkpoint_sha256=progress.source_sha256, experiment_name=experiment.name, runtime=context.runtime,
         memory_budget_mb=context.args.label_memory_mb, log=experiment.log,
-        cache_root=context.args.cache_dir or experiment.log_dir, threads=context.label_writers)
+        cache_root=context.args.cache_dir or experiment.log_dir, threads=context.label_writers,
+        protocol=context.default_protocol)
     check_pseudo_labels(experiment.pseudo_label_dir, progress.source_sha256, ratio, unlabeled_set.names)
     return report
 
@@ -287,6 +288,8 @@ def run_self_training(context):
             report = label_round(context, model, unlabeled_set, progress, ratio, resuming)
         except KeyboardInterrupt as stop:
             raise stopped_while_labeling(context, model, progress, resuming, stop) from None
+        for note in report.get('notes', []):
+            context.warn(f'round {round_index + 1}: {note}', logged=True)
         global_step = sum(round_steps[:round_index])
         experiment.scalar('pseudo_labels/labeled_share', report['labeled_share'], global_step)
         if report.get('pseudo_label_miou') is not None:
