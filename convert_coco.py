@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from models import deeplab_v2
-from utils.checkpoints import save_checkpoint
+from utils.checkpoints import load_torch_file, save_checkpoint
 from utils.errors import InputError
 
 NUM_CLASSES = {'voc': 21, 'city': 19}
@@ -30,14 +30,15 @@ def target_key(source_key: str) -> str:
 
 
 def _read_source(path: Path) -> dict:
-    if not path.is_file():
+    """The source state dict; a file of any other kind is refused saying what it is, by the
+    classification `load_checkpoint` uses too (text, empty, a whole pickled network, ...)."""
+    if path.is_dir():
+        raise InputError(f'{path}: a folder, not a file: expected resnet101COCO-41f33a49.pth')
+    if not path.exists():
         raise InputError(f'{path}: no such file')
-    try:
-        source = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        reason = ' '.join(str(error).split())[:160]
-        raise InputError(f'{path}: unreadable, truncated or not a torch file '
-                         f'({type(error).__name__}: {reason})') from error
+    if not path.is_file():
+        raise InputError(f'{path}: not a regular file: expected resnet101COCO-41f33a49.pth')
+    source = load_torch_file(path)
     if not isinstance(source, dict) or not source \
             or not all(isinstance(v, torch.Tensor) for v in source.values()):
         raise InputError(f'{path}: not a plain state dict of tensors, '

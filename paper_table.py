@@ -17,10 +17,11 @@ reads higher than one chosen elsewhere. Each run gives entries under named proto
   - an evaluation (state 3): `selected on <list>, reported on <list>`, plus ` (multi-scale)`,
     ` (flip)`, ` (sliding window)` when the evaluation used them.
 The paper's numbers were reported on `val`, so they are compared only with protocols reporting on
-`val`. Pseudo-labeling runs (state 0), self-training rounds that do not finish the schedule
-(`final: false`) and files of an unknown shape (a JSON array or other non-object included) are
-skipped, the last with a note; a file that cannot be read or parsed, or holds a field of the
-wrong type, stops the program with one line naming it (exit status 2).
+`val`. Pseudo-labeling runs (state 0) and self-training rounds that do not finish the schedule
+(`final: false`) are skipped. So is every file the tables cannot use, each with a note on stderr
+naming it and why, the tables being made from the other runs: one that cannot be read or parsed
+(cut off, not UTF-8), is not a JSON object, lacks a field or holds one of the wrong type (a null
+split, a string mIoU, ...).
 
 One cell holds one run per split. Two results of one cell and split are the same run (a copy, or
 the same command run again) when every setting that changes a run's numbers and both record is
@@ -81,13 +82,21 @@ EXIT_WRITE_FAILED = 4   # as main.py's OutputError
 
 
 class InvalidResults(Exception):
-    """A file or argument the user must fix: main prints `error: <message>` and exits 2."""
+    """An argument the user must fix (a folder that is not there): main prints
+    `error: <message>` and exits 2."""
 
 
-class UnknownShape(Exception):
+class SkippedResults(Exception):
+    """A results.json the tables cannot use, and why (cut off, not JSON, a field of the wrong
+    type): skipped with a note naming it, and the tables made from the other runs. One broken
+    file among many runs must neither cost the whole table nor pass unnoticed."""
+    explanation = ''
+
+
+class UnknownShape(SkippedResults):
     """A results.json that is not a finished training or evaluation run of the known format
-    (an older format, or a run still missing a field): skipped with a note, not an error."""
-
+    (an older format, a JSON array, a run still missing a field)."""
+    explanation = 'not a results file this script knows'
 
 @dataclass(frozen=True)
 class Entry:
@@ -173,85 +182,95 @@ def find_results(folder):
 
 
 def read_json(path):
-    """The parsed file, or InvalidResults naming it: a damaged file must not pass unnoticed."""
+    """The parsed file, or SkippedResults saying why it cannot be: a damaged file must not pass
+    unnoticed."""
     try:
         with open(path, encoding='utf-8') as file:
             return json.load(file)
     except OSError as error:
-        raise InvalidResults(f'{path}: cannot read: {error.strerror or error}') from None
+        raise SkippedResults(f'cannot read: {error.strerror or error}') from None
     except UnicodeDecodeError:
-        raise InvalidResults(f'{path}: not UTF-8 text') from None
+        raise SkippedResults('not UTF-8 text') from None
     except json.JSONDecodeError as error:
-        raise InvalidResults(f'{path}: invalid JSON: {error.msg} at line {error.lineno} '
-                             f'column {error.colno}') from None
+        cut = ' (the file ends there: cut off?)' if error.pos >= len(error.doc.rstrip()) else ''
+        raise SkippedResults(f'invalid JSON: {error.msg} at line {error.lineno} column '
+                             f'{error.colno}{cut}') from None
 
 
-def get(data, name, kinds, path, nullable=False):
-    """data[name] checked against `kinds`: missing -> UnknownShape, wrong type -> InvalidResults.
+def is_kind(value, kinds):
+    """isinstance, but a JSON true/false is no number: only a bool where `kinds` has bool."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
-    A missing field means a format this script does not know (skip); a present field of the wrong
-    type means a broken file (stop), since guessing would put a wrong number in a table.
+
+def shown(value, limit=60):
+    """A value as it reads in the JSON file, cut short for a one-line note."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def get(data, name, kinds, nullable=False, items=None, required=True, where=''):
+    """data[name] checked against `kinds` (a list's items against `items`): the one place a
+    field of a results file is checked.
+
+    Missing -> UnknownShape (a format this script does not know; None when not `required`);
+    present with the wrong type -> SkippedResults (a broken file). Either way the file is left
+    out with a note naming it and the field, never guessed at: a guess would put a wrong number
+    in a table, and stopping would cost the table of every other run. `where` names the object
+    holding the field (`protocol.`) in the note.
     """
     if name not in data:
-        raise UnknownShape(f"no '{name}'")
+        if not required:
+            return None
+        raise UnknownShape(f"no '{where}{name}'")
     value = data[name]
     if value is None and nullable:
         return None
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = ' or '.join(kind.__name__ for kind in kinds) + (' or null' if nullable else '')
-        raise InvalidResults(f"{path}: '{name}' is {json.dumps(value)}, expected {names}")
+    if not is_kind(value, kinds) or (items is not None
+                                     and not all(is_kind(item, items) for item in value)):
+        expected = ' or '.join(kind.__name__ for kind in kinds)
+        if items is not None:
+            expected += ' of ' + ' or '.join(kind.__name__ for kind in items)
+        raise SkippedResults(f"'{where}{name}' is {shown(value)}, expected {expected}"
+                             + (' or null' if nullable else ''))
     return value
 
 
-def require(data, name):
-    """A field whose value is checked later (a score may be null): only its presence here."""
-    if name not in data:
-        raise UnknownShape(f"no '{name}'")
-
-
-def fraction_of_one(value, name, path):
+def fraction_of_one(value, name):
     """A score of results.json (0..1) in percent; None stays None (undefined, never 0)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 <= value <= 1:
-        raise InvalidResults(f'{path}: {name} is {json.dumps(value)}, expected a number in 0..1 '
-                             'or null')
+    if not is_kind(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise SkippedResults(f"'{name}' is {shown(value)}, expected a number in 0..1 or null")
     return 100.0 * value
 
 
-def class_ious(scores, path, name):
-    """Per-class IoU % from a scores dict ({'iou': {class: value or null}}); {} when absent."""
+def class_ious(data, name):
+    """Per-class IoU % from the scores dict data[name] ({'iou': {class: value or null}}); {}
+    when it or its 'iou' is absent or null."""
+    scores = get(data, name, (dict,), nullable=True, required=False)
     if scores is None:
         return {}
-    if not isinstance(scores, dict):
-        raise InvalidResults(f"{path}: '{name}' is not an object")
-    iou = scores.get('iou') or {}
-    if not isinstance(iou, dict):
-        raise InvalidResults(f"{path}: '{name}.iou' is not an object")
-    return {cls: fraction_of_one(value, f'{name}.iou.{cls}', path) for cls, value in iou.items()}
+    iou = get(scores, 'iou', (dict,), nullable=True, required=False, where=f'{name}.') or {}
+    return {cls: fraction_of_one(value, f'{name}.iou.{cls}') for cls, value in iou.items()}
 
 
-def evaluation_protocol(data, path):
+def evaluation_protocol(data):
     """The protocol name of a state-3 evaluation: where its checkpoint was chosen and scored, and
     the test-time tricks that raise the number (multi-scale, flip, sliding window)."""
-    selected = get(data, 'selected_on', (str,), path, nullable=True) or 'unknown'
-    reported = get(data, 'reported_on', (str,), path)
-    settings = get(data, 'protocol', (dict,), path)
-    scales = get(settings, 'scales', (list,), path)
-    if not scales or not all(isinstance(scale, (int, float)) and not isinstance(scale, bool)
-                             for scale in scales):
-        raise InvalidResults(f"{path}: 'protocol.scales' is {json.dumps(scales)}, expected a "
-                             'list of numbers')
+    selected = get(data, 'selected_on', (str,), nullable=True) or 'unknown'
+    reported = get(data, 'reported_on', (str,))
+    settings = get(data, 'protocol', (dict,))
+    scales = get(settings, 'scales', (list,), items=(int, float), where='protocol.')
+    if not scales:
+        raise SkippedResults("'protocol.scales' is [], expected at least one scale")
     name = f'selected on {selected}, reported on {reported}'
     if [float(scale) for scale in scales] != [1.0]:
         name += ' (multi-scale)'
-    if get(settings, 'flip', (bool,), path):
+    if get(settings, 'flip', (bool,), where='protocol.'):
         name += ' (flip)'
     if settings.get('sliding_window') is not None:
         name += ' (sliding window)'
     return name, reported
-
 
 def settings_in_results(data):
     """The settings that change a run's numbers which results.json itself records: the network,
@@ -283,44 +302,39 @@ def run_settings(data, settings):
 def entries_from_results(data, path, mtime=0.0, settings=None):
     """The entries of one results.json: two per finished training run, one per evaluation, none
     for anything else (pseudo labels, unfinished self-training chains). `settings` is the run's
-    settings.json, if any. A file that is not a JSON object is of an unknown shape."""
+    settings.json, if any. A file this cannot use raises SkippedResults (UnknownShape for a
+    format it does not know, a JSON array included) saying why."""
     if not isinstance(data, dict):
         raise UnknownShape(f'a JSON {JSON_KINDS.get(type(data), "value")}, not an object')
-    if data.get('state') not in (1, 2, 3) or isinstance(data.get('state'), bool):
+    state = get(data, 'state', (int,))
+    if state not in (0, 1, 2, 3):
+        raise UnknownShape(f"'state' is {state}, not 0, 1, 2 or 3")
+    if state == 0 or (state == 1 and not get(data, 'final', (bool,))):
         return []
-    state = data['state']
-    if state == 1 and get(data, 'final', (bool,), path) is False:
-        return []
-    dataset = get(data, 'dataset', (str,), path)
-    split = str(get(data, 'split', (str, int), path))
-    sets_id = get(data, 'sets_id', (int,), path)
-    method = get(data, 'method', (str,), path)
-    class_names = tuple(get(data, 'class_names', (list,), path))
-    if not all(isinstance(name, str) for name in class_names):
-        raise InvalidResults(f"{path}: 'class_names' holds a non-string")
+    dataset = get(data, 'dataset', (str,))
+    split = str(get(data, 'split', (str, int)))
+    sets_id = get(data, 'sets_id', (int,))
+    method = get(data, 'method', (str,))
+    class_names = tuple(get(data, 'class_names', (list,), items=(str,)))
     common = dict(dataset=dataset, split=split, method=method, sets_id=sets_id,
                   class_names=class_names, path=Path(path), mtime=mtime,
                   settings=run_settings(data, settings or {}))
     if state == 3:
-        protocol, reported = evaluation_protocol(data, path)
-        require(data, 'miou')
-        numbers = [(protocol, reported, data['miou'], data.get('scores'), 'miou', 'scores')]
+        protocol, reported = evaluation_protocol(data)
+        numbers = [(protocol, reported, 'miou', 'scores')]
     else:
-        val_list = get(data, 'val_list', (str,), path)
-        require(data, 'best_miou')
-        numbers = [(f'best on {val_list}', val_list, data['best_miou'], data.get('best_scores'),
-                    'best_miou', 'best_scores')]
+        val_list = get(data, 'val_list', (str,))
+        numbers = [(f'best on {val_list}', val_list, 'best_miou', 'best_scores')]
         if 'last_miou' in data:   # older files lack it: their best still counts
-            numbers.append((f'last step on {val_list}', val_list, data['last_miou'],
-                            data.get('last_scores'), 'last_miou', 'last_scores'))
-    entries = []
-    for protocol, reported, miou, scores, miou_name, scores_name in numbers:
-        miou = fraction_of_one(miou, miou_name, path)
-        if miou is None:   # never validated: no number to put in a table
-            continue
-        entries.append(Entry(protocol=protocol, reported_on=reported, miou=miou,
-                             iou=class_ious(scores, path, scores_name), **common))
-    return entries
+            numbers.append((f'last step on {val_list}', val_list, 'last_miou', 'last_scores'))
+    # Every field is checked before any entry is made: a file counts whole or not at all.
+    found = [(protocol, reported,
+              fraction_of_one(get(data, miou_name, (int, float), nullable=True), miou_name),
+              class_ious(data, scores_name))
+             for protocol, reported, miou_name, scores_name in numbers]
+    return [Entry(protocol=protocol, reported_on=reported, miou=miou, iou=iou, **common)
+            for protocol, reported, miou, iou in found
+            if miou is not None]   # None: never validated, no number to put in a table
 
 
 def results_paths(folders):
@@ -347,8 +361,9 @@ def settings_beside(path, results, notes):
         return {}
     try:
         settings = read_json(settings_path)
-    except InvalidResults as error:
-        notes.append(f'note: {error}; the run of {path} is compared by its results alone')
+    except SkippedResults as error:
+        notes.append(f'note: {settings_path}: {error}; the run of {path} is compared by its '
+                     'results alone')
         return {}
     if not isinstance(settings, dict):
         notes.append(f'note: {settings_path} is not a JSON object; the run of {path} is '
@@ -364,18 +379,26 @@ def settings_beside(path, results, notes):
     return settings
 
 
+def skipped_note(path, reason):
+    """The note for a results file left out: the file, why, and what that means."""
+    note = f'note: skipped {path}: {reason}'
+    return note + (f' ({reason.explanation})' if reason.explanation else '')
+
+
 def read_entries(path, notes):
-    """The entries of one results.json, [] with a note when it is of an unknown shape."""
+    """The entries of one results.json; [] with a note naming it and why when it cannot be used
+    (unreadable, not JSON, cut off, a field missing or of the wrong type: see SkippedResults),
+    so that the tables are still made from every other run."""
     try:
         mtime = path.stat().st_mtime
         data = read_json(path)
         settings = settings_beside(path, data, notes) if isinstance(data, dict) else {}
         return entries_from_results(data, path, mtime, settings)
-    except UnknownShape as reason:
-        notes.append(f'note: skipped {path}: {reason} (not a results file this script knows)')
-        return []
-    except OSError as error:
-        raise InvalidResults(f'{path}: cannot read: {error.strerror or error}') from None
+    except OSError as error:   # the file vanished or became unreadable after it was found
+        notes.append(skipped_note(path, SkippedResults(f'cannot read: {error.strerror or error}')))
+    except SkippedResults as reason:
+        notes.append(skipped_note(path, reason))
+    return []
 
 
 def setting_name(name):
@@ -436,8 +459,8 @@ def one_run_per_split(entries, notes):
 def collect_runs(folders, notes=None):
     """Every entry under `folders`, one per run and protocol (see `one_run_per_split`).
 
-    Skipped files, runs found twice and different runs claiming one split go into `notes`
-    (printed on stderr by main). Raises InvalidResults for a missing folder or a damaged file.
+    Skipped files (damaged ones too), runs found twice and different runs claiming one split go
+    into `notes` (printed on stderr by main). Raises InvalidResults for a missing folder.
     """
     notes = [] if notes is None else notes
     entries = []

@@ -149,6 +149,67 @@ def test_text_file(tmp_path):
     assert_one_line_naming(error, path)
 
 
+LFS_POINTER = 'version https://git-lfs.github.com/spec/v1\noid sha256:41f3\nsize 198715\n'
+
+
+@pytest.mark.parametrize('content,what', [
+    (LFS_POINTER.encode(), "it looks like text: 'version https://git-lfs.github.com/spec/v1'"),
+    (b'<html><body>404 Not Found</body></html>\n',
+     "it looks like text: '<html><body>404 Not Found</body></html>'"),
+    (b'', 'it is empty'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', 'binary data of another format'),
+], ids=['git-lfs-pointer', 'html-page', 'empty', 'png'])
+def test_a_file_that_is_no_torch_file_is_named_for_what_it_is(tmp_path, content, what):
+    # torch reports these as a weights_only refusal, a KeyError or an EOFError: none says what
+    # the file is, and the refusal sent users after "Python objects" that are not there.
+    path = tmp_path / 'fs_voc_106-0.pt'
+    path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == f'{path}: not a PyTorch checkpoint file ({what})'
+
+
+def test_a_truncated_file_is_named_truncated_without_torch_advice(tmp_path):
+    path = tmp_path / 'cut.pt'
+    save_checkpoint(path, tiny(), num_classes=5)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f'{path}: a truncated or damaged PyTorch file (RuntimeError: ')
+    assert 'internal miniz error' not in message and '\n' not in message
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_a_whole_pickled_network_is_named_with_what_to_save(tmp_path, zip_format):
+    path = tmp_path / 'whole.pt'
+    torch.save(tiny(), path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(InputError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == (
+        f'{path}: holds a whole pickled network (models.deeplab_v2.DeepLabV2) rather than a '
+        'state dict: load it with the code that saved it and save model.state_dict() instead')
+
+
+def test_a_pickle_of_another_program_is_one_message_without_warnings(tmp_path):
+    import pickle
+    import warnings
+    path = tmp_path / 'other.pt'
+    path.write_bytes(pickle.dumps({'a': 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(InputError) as error:
+        warnings.simplefilter('always')
+        load_checkpoint(path)
+    assert str(error.value) == (f'{path}: a truncated or damaged PyTorch file, or a pickle not '
+                                'written by torch.save (UnpicklingError: Unsupported operand 149)')
+    assert [str(warning.message) for warning in caught] == []   # torch's protocol warning
+
+
+def test_escape_codes_of_torch_messages_are_removed():
+    from utils.checkpoints import _one_line
+    error = RuntimeError('load failed, \x1b[1mdo this only if you trust it\x1b[0m.\n\t(1) retry')
+    assert _one_line(error) == 'RuntimeError: load failed, do this only if you trust it. (1) retry'
+
+
 def test_wrong_class_count(tmp_path):
     path = tmp_path / 'city.pt'
     save_checkpoint(path, tiny(19), num_classes=19)
@@ -177,12 +238,15 @@ def test_unconverted_advsemiseg_file_points_to_prepare_coco(tmp_path):
     assert_one_line_naming(error, path)
 
 
-def test_pickled_objects_are_refused(tmp_path):
+def test_pickled_objects_are_refused_naming_the_first(tmp_path):
     path = tmp_path / 'unsafe.pt'
     torch.save({'model': {}, 'settings': random.Random(0)}, path)
     with pytest.raises(InputError) as error:
         load_checkpoint(path)
-    assert_one_line_naming(error, path)
+    assert str(error.value) == (
+        f'{path}: holds pickled Python objects (random.Random) that the safe loader '
+        '(weights_only=True) refuses: save only tensors and plain values (for a network, '
+        'model.state_dict())')
 
 
 def test_missing_and_unexpected_keys(tmp_path):

@@ -113,3 +113,31 @@ def test_convert_refuses_other_files(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and 'odd.pth' in err and '\n' not in err
     assert not (tmp_path / 'out.pt').exists()
+
+
+
+def make_text(path):
+    path.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:41f3\n')
+
+
+def make_whole_network(path):
+    torch.save(torch.nn.Conv2d(3, 8, 3), path)   # torch.save(model), not its state dict
+
+
+@pytest.mark.parametrize('make,message', [
+    (make_text, "not a PyTorch file (it looks like text: 'version https://git-lfs.github.com/spec/v1')"),
+    (make_whole_network, 'holds a whole pickled network (torch.nn.modules.conv.Conv2d) rather '
+                         'than a state dict: load it with the code that saved it and save '
+                         'model.state_dict() instead'),
+    (lambda path: path.write_bytes(b''), 'not a PyTorch file (it is empty)'),
+    (lambda path: path.mkdir(), 'a folder, not a file: expected resnet101COCO-41f33a49.pth'),
+], ids=['text', 'whole-network', 'empty', 'folder'])
+def test_convert_names_what_an_unusable_file_is(tmp_path, capsys, make, message):
+    """Each named for what it is, in one line without torch's advice on loading trusted files
+    (which quoted terminal colour codes) and without "no such file" for a folder."""
+    path = tmp_path / 'resnet101COCO-41f33a49.pth'
+    make(path)
+    code = convert_coco.main([str(path), '--dataset', 'voc', '--output', str(tmp_path / 'out.pt')])
+    assert code == 2
+    assert capsys.readouterr().err == f'error: {path}: {message}\n'
+    assert not (tmp_path / 'out.pt').exists()

@@ -3,14 +3,19 @@
 Saves go to `<path>.<pid>.tmp` and are renamed over the target only once complete, so the best
 checkpoint so far survives a crash, a full disk or a kill in the middle of writing. Loads use
 `weights_only=True` (no code runs from a downloaded file) and turn each way a file can be wrong
-into one `InputError` line naming the file, since `--continue-from` is user input.
+into one `InputError` line naming the file and saying what it is (text, empty, a whole pickled
+network, ...), since `--continue-from` is user input and torch's own message rarely says.
 """
 import argparse
+import codecs
 import errno
 import os
+import pickle
+import re
 import resource
 import shutil
-import pickle
+import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +34,15 @@ _OPTIONAL_KEYS = ('optimizer', 'lr_scheduler', 'scaler', 'step', 'best_miou', 'n
                   'settings')
 _RESERVED_KEYS = frozenset({'model', 'format', *_OPTIONAL_KEYS})
 _SHOWN_NAMES = 3
+# The first bytes of what torch.save writes: a zip archive (torch >= 1.6), or a pickle (the
+# legacy format, protocol byte 0x80) as any Python pickle also starts.
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_MAGIC = b'\x80'
+_HEAD_BYTES = 512
+# Terminal colour and cursor codes (ESC [ ... letter) that torch puts into some of its messages.
+_ANSI_ESCAPE = re.compile(r'\x1b\[[0-?]*[ -/]*[@-~]')
+# What the safe unpickler names when it refuses a class or function the file would call.
+_REFUSED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
 
 
 def _plain(value, where: str, json_like: bool = False):
@@ -118,8 +132,14 @@ def state_dict_finite(state):
     return all_finite(state.values())
 
 
+def _plain_text(text: str) -> str:
+    """`text` on one line without terminal escape codes: torch's messages carry some (bold
+    advice), which a terminal would interpret and a log file would show as garbage."""
+    return ' '.join(_ANSI_ESCAPE.sub('', text).split())
+
+
 def _one_line(error: BaseException, limit: int = 100) -> str:
-    text = ' '.join(str(error).split())
+    text = _plain_text(str(error))
     if len(text) > limit:
         text = text[:limit - 3] + '...'
     return f'{type(error).__name__}: {text}' if text else type(error).__name__
@@ -137,6 +157,118 @@ def _is_state_dict(value) -> bool:
             and all(isinstance(v, torch.Tensor) for v in value.values()))
 
 
+def _head(path) -> bytes | None:
+    """The first bytes of the file; None when it cannot be read."""
+    try:
+        with open(path, 'rb') as file:
+            return file.read(_HEAD_BYTES)
+    except OSError:
+        return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """UTF-8 without control characters other than whitespace: a note, a JSON file, an HTML
+    error page or a git-lfs pointer saved under the checkpoint's name."""
+    try:
+        text = codecs.getincrementaldecoder('utf-8')().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in '\t\n\r\f' for char in text)
+
+
+def _first_line(head: bytes, limit: int = 50) -> str:
+    """The start of a text file, to recognise it by (an LFS pointer, a 404 page)."""
+    line = head.decode('utf-8', errors='replace').strip().split('\n', 1)[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + '...'
+
+
+def _refused_global(error: BaseException) -> str | None:
+    """The class or function the safe loader (weights_only=True) refused to call, if that is
+    why the load failed: the file is readable but holds pickled Python objects."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    found = _REFUSED_GLOBAL.search(str(error))
+    return found.group(1) if found else None
+
+
+def _is_loaded_module_class(name: str) -> bool:
+    """Whether `name` (module.Class) is an nn.Module class of a module already imported.
+
+    Only modules already in sys.modules are looked at, so nothing named by the file is imported
+    or run; a network class of another program is simply not recognised as one.
+    """
+    parts = name.split('.')
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get('.'.join(parts[:cut]))
+        if module is None:
+            continue
+        value = module
+        for attribute in parts[cut:]:
+            value = getattr(value, attribute, None)
+        return isinstance(value, type) and issubclass(value, nn.Module)
+    return False
+
+
+def _torch_reason(error: BaseException) -> str:
+    """The part of torch's message that says what is wrong, without its advice on loading
+    untrusted files (which does not apply) and without escape codes."""
+    text = _ANSI_ESCAPE.sub('', str(error))
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].split('Check the documentation', 1)[0]
+    text = ' '.join(text.split()).split('. ', 1)[0]   # the rest is advice to torch's developers
+    return f'{type(error).__name__}: {text[:97] + "..." if len(text) > 100 else text}'
+
+
+def unreadable_torch_file(path, error: BaseException, expected: str = 'PyTorch file') -> str:
+    """Why torch.load raised `error` on `path`, as the rest of a line `<path>: <reason>`.
+
+    torch's own message answers another question (how to load a file one trusts) or none at all
+    (a text file gives a KeyError), so the file is classified by its first bytes: torch writes
+    a zip archive (or, formerly, a pickle); anything else is not a PyTorch file at all, whatever
+    torch said. A readable file the safe loader refused holds pickled Python objects: a whole
+    network saved with torch.save(model) is named as such, with what to save instead.
+    """
+    head = _head(path)
+    if isinstance(error, OSError) or head is None:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        return f'cannot read ({reason})'
+    refused = _refused_global(error)
+    if refused is not None and head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        if _is_loaded_module_class(refused):
+            return (f'holds a whole pickled network ({refused}) rather than a state dict: load '
+                    f'it with the code that saved it and save model.state_dict() instead')
+        return (f'holds pickled Python objects ({refused}) that the safe loader '
+                f'(weights_only=True) refuses: save only tensors and plain values '
+                f'(for a network, model.state_dict())')
+    if head.startswith(_ZIP_MAGIC):
+        return f'a truncated or damaged PyTorch file ({_torch_reason(error)})'
+    if head.startswith(_PICKLE_MAGIC):
+        return (f'a truncated or damaged PyTorch file, or a pickle not written by torch.save '
+                f'({_torch_reason(error)})')
+    if not head:
+        return f'not a {expected} (it is empty)'
+    if _looks_like_text(head):
+        start = _first_line(head)
+        return f"not a {expected} (it looks like text" + (f": '{start}')" if start else ')')
+    return f'not a {expected} (binary data of another format)'
+
+
+def load_torch_file(path, map_location='cpu', expected: str = 'PyTorch file'):
+    """torch.load(path, weights_only=True), every failure an InputError naming the file and
+    what it is (see `unreadable_torch_file`).
+
+    A pickle of another protocol than torch's makes torch warn before it fails; the warning
+    would be a second line on stderr about a file that is refused anyway, so it is silenced.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # zip, pickle and OS errors: classified from the file itself
+        raise InputError(f'{path}: {unreadable_torch_file(path, error, expected)}') from error
+
+
 def load_checkpoint(path, num_classes: int | None = None, map_location='cpu') -> dict:
     """Read a checkpoint of ours, of the original program, or a bare state dict of our layout.
 
@@ -149,17 +281,7 @@ def load_checkpoint(path, num_classes: int | None = None, map_location='cpu') ->
         raise InputError(f'{path}: no such checkpoint file')
     if not path.is_file():
         raise InputError(f'{path}: not a file, expected a checkpoint')
-    try:
-        loaded = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if 'weights only' in str(error).lower():
-            raise InputError(f'{path}: holds Python objects other than tensors and plain values, '
-                             f'refused by the safe loader (weights_only=True)') from error
-        raise InputError(f'{path}: unreadable checkpoint, truncated or not a torch file '
-                         f'({_one_line(error)})') from error
-    except Exception as error:  # zip, pickle and OS errors all mean the same to the user
-        raise InputError(f'{path}: unreadable checkpoint, truncated or not a torch file '
-                         f'({_one_line(error)})') from error
+    loaded = load_torch_file(path, map_location, expected='PyTorch checkpoint file')
 
     if not isinstance(loaded, Mapping):
         raise InputError(f'{path}: not a checkpoint: holds a {type(loaded).__name__}, '
