@@ -19,6 +19,7 @@ from utils import transforms as T
 from utils.dataset_description import (COCO, DESCRIPTIONS_DIR, IMAGENET, SHIPPED, DatasetInfo,  # noqa: F401
                                        full_resolution, get_dataset_info, resolve_root, voc_palette)
 from utils.errors import InputError
+from utils.images import read_image
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_SPLITS_DIR = REPO_DIR / 'data_splits'
@@ -143,16 +144,13 @@ def read_list(path):
 
 
 def load_image(path):
-    """RGB file -> uint8 tensor [3, H, W] (a view of the decoded HWC array, no copy).
+    """Image file -> uint8 tensor [3, H, W], RGB, the pixels a viewer shows (16-bit grey scaled,
+    transparency over white, EXIF orientation ignored), or InputError naming the file: see
+    utils/images.py. A plain RGB file gives a view of its decoded HWC array, no copy.
 
     Pillow decodes (torchvision's decoders are deprecated since 0.29 in favour of TorchCodec).
     """
-    try:
-        with Image.open(path) as file:
-            array = np.array(file if file.mode == 'RGB' else file.convert('RGB'))
-    except OSError as error:
-        raise InputError(f'{path}: cannot read image ({error})') from None
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return read_image(path)
 
 
 def read_label_array(path):

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from utils import distributed
 from utils.errors import InputError
 from utils.files import atomic_path
+from utils.images import image_size   # moved there; still importable from here
 
 CACHE_FORMAT = 'dstcbc-data-check-v2'
 
@@ -43,25 +43,6 @@ def file_stamp(path):
     except FileNotFoundError:
         return None
     return [status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev]
-
-
-def image_size(path):
-    """Decode an image to check it is whole; return (height, width).
-
-    JPEGs decode at 1/8 scale (libjpeg's DCT scaling still reads every coded block, so a cut-off
-    file fails) and PNGs are verified chunk by chunk (CRCs), both far cheaper than a full decode.
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.format == 'JPEG':
-                image.draft('RGB', (max(width // 8, 1), max(height // 8, 1)))
-                image.load()
-            else:
-                image.verify()
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f'{path}: cannot read image ({" ".join(str(error).split())})') from None
-    return height, width
 
 
 def check_entry(dataset, index, with_labels):
