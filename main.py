@@ -28,7 +28,7 @@ from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunE
 from utils.evaluation import run_evaluation
 from utils.experiment import (AUTOCAST_DTYPES, Experiment, choose_device, describe_precision,
                               resolve_precision, signals_stop_the_run)
-from utils.guards import TRAINING_STATES, check_name_once, check_outputs
+from utils.guards import TRAINING_STATES, check_name_once, check_outputs, check_training_flags
 from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.supervised import run_supervised
@@ -67,6 +67,23 @@ def non_negative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+# context.seed(offset) is seed * 1000 + offset, and EpochBatchSampler seeds torch's generator with
+# that times 1,000,003 plus the epoch, which must stay below 2**64 (a larger value was a traceback
+# at the first batch). Below 2**31, the product stays below 2**62.
+SEED_MAX = 2 ** 31 - 1
+
+
+def seed_number(text):
+    """--seed: an integer in 0..SEED_MAX, so that every seed derived from it fits torch's."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f'must be an integer in 0..{SEED_MAX}, got {text}')
     return value
 
 
@@ -123,8 +140,9 @@ def build_parser():
     what.add_argument('--overwrite', action='store_true',
                       help='let this run replace what an earlier run of --exp-name left: its best checkpoint '
                            '<exp-name>.pt, results.json and settings.json (or --results-file), and an '
-                           'unfinished run\'s last.pt. Each is replaced when this run writes its own, never '
-                           'deleted up front')
+                           'unfinished run\'s last.pt. They stay until this run\'s first write of a best checkpoint '
+                           'or results (or of a last.pt replacing the earlier one): then the earlier results and '
+                           'last.pt go and this run\'s settings are written; nothing is deleted up front')
     what.add_argument('--split', default='1', help='labeled fraction 1/S, e.g. 106 (1 = all)')
     what.add_argument('--sets-id', type=non_negative_int, default=0, help='which random split (0, 1, 2)')
     what.add_argument('--valtiny', action='store_true', help='validate on the small valtiny list')
@@ -193,7 +211,7 @@ def build_parser():
                        help='training crop; default 321 321 (VOC), 256 512 (Cityscapes)')
     train.add_argument('--eval-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                        help='VOC evaluation padding; default 505 505')
-    train.add_argument('--seed', type=non_negative_int, default=0)
+    train.add_argument('--seed', type=seed_number, default=0, help=f'0..{SEED_MAX}')
     train.add_argument('--save-every', type=non_negative_int, default=500,
                        help='save the last state for --resume every N steps (0: only on SIGINT/SIGTERM)')
 
@@ -238,6 +256,7 @@ def parse_args(argv=None):
     args.save = not args.do_not_save
     if args.st_epochs is None:
         args.st_epochs = [DEFAULT_ROUND_EPOCHS] * args.iters
+    check_training_flags(args)
     if args.resume and not args.exp_name:
         raise InputError('--resume needs the --exp-name of the run to continue')
     if args.exp_name is None:

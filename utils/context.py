@@ -209,6 +209,7 @@ class RunContext:
         error = None
         if self.runtime.is_main:
             try:
+                self.experiment.before_writing(self.experiment.best_checkpoint)   # takes the name over
                 save_checkpoint(self.experiment.best_checkpoint, model, step=step, best_miou=best_miou,
                                 num_classes=self.info.num_classes, settings=self.settings,
                                 extra=self.checkpoint_extra(extra))
@@ -221,6 +222,7 @@ class RunContext:
         error = None
         if self.runtime.is_main:
             try:
+                self.experiment.before_writing(self.experiment.resume_checkpoint)
                 save_checkpoint(self.experiment.resume_checkpoint, state.model, optimizer=state.optimizer,
                                 scheduler=state.scheduler, scaler=state.scaler, step=state.step,
                                 best_miou=state.best_miou, num_classes=self.info.num_classes,

@@ -83,9 +83,22 @@ def describe_precision(precision, mixed_precision=False, device=None):
         return 'full precision (float32)'
     name = str(AUTOCAST_DTYPES[precision]).replace('torch.', '')
     scaling = ', with loss scaling (GradScaler)' if precision == 'fp16' else ''
-    emulated = (' (this CPU emulates bfloat16: slow)' if precision == 'bf16' and device is not None
-                and device.type == 'cpu' and not cpu_has_fast_bfloat16() else '')
-    return f'mixed precision: torch.autocast with {name}{scaling}{emulated}'
+    return f'mixed precision: torch.autocast with {name}{scaling}{slow_on_this_device(precision, device)}'
+
+
+def slow_on_this_device(precision, device):
+    """What the log must say when the precision asked for is slower here than float32: a CPU
+    has no fast float16 kernels (a training step took 6 to 26 times as long as in float32 where
+    measured), nor bfloat16 ones unless it supports them natively; a run chosen for speed was
+    slow in silence."""
+    if device is None or device.type != 'cpu':
+        return ''
+    if precision == 'fp16':
+        return (' (a CPU has no fast float16 kernels: 6 to 26 times slower than float32 where measured; '
+                'use --precision fp32 on a CPU, fp16 on a GPU)')
+    if precision == 'bf16' and not cpu_has_fast_bfloat16():
+        return ' (this CPU emulates bfloat16: slow)'
+    return ''
 
 
 class Experiment:
@@ -113,6 +126,7 @@ class Experiment:
         self.lock = FolderLock(self.log_dir / 'lock')
         self._writer = None
         self._pending_settings = None
+        self._earlier_files = ()    # an earlier run's files this run replaces, until it takes the name over
 
     def start(self):
         """Create the folder, take the experiment's lock (a second live run of the same name is
@@ -147,23 +161,57 @@ class Experiment:
         if self.is_main:
             self.writer.add_scalar(tag, value, step)
 
+    def replaces(self, paths):
+        """Record the files an earlier run of this name left that this run replaces (--overwrite,
+        or what is still the earlier run's when an --overwrite run is resumed): they stay as they
+        are until this run takes the name over (`take_over_name`)."""
+        self._earlier_files = tuple(Path(path) for path in paths)
+
     def save_settings(self, settings):
-        """settings.json, now; but while a finished run's results are still in place (replaced
-        with --overwrite), with the new results, so the two files on disk always describe one
-        run, even when this one stops before finishing."""
+        """settings.json, now; but while an earlier run's files are in place (--overwrite), when
+        this run takes the name over, so that settings.json never describes another run than the
+        results, checkpoints and last.pt beside it, even when this one stops early. The dict is
+        written as it is then (later additions, e.g. by --resume, included)."""
         if not self.is_main:
             return
-        if self.results_file.exists():
+        if self._earlier_files:
             self._pending_settings = settings
             return
         write_json(self.log_dir / 'settings.json', settings)
 
-    def save_results(self, results):
-        if not self.is_main:
+    def before_writing(self, path):
+        """Called before this run writes its best checkpoint or last.pt. The best checkpoint is
+        what results and settings describe, so its first write takes the name over; a last.pt
+        only serves --resume and takes it over only when it replaces the earlier run's (so a run
+        stopped before its first validation leaves the earlier run whole)."""
+        path = Path(path)
+        if path == self.resume_checkpoint and path not in self._earlier_files:
             return
+        self.take_over_name(writing=path)
+
+    def take_over_name(self, writing=None):
+        """The one moment an --overwrite run's outputs replace the earlier run's: before its first
+        write that replaces one of them, the earlier run's results and unfinished last.pt are
+        removed (results first: a crash in between leaves no results, never two runs' files),
+        then this run's settings.json is written. The earlier best checkpoint stays until this
+        run saves its own (settings.json records its SHA-256: never taken for this run's best).
+        `writing` (about to be replaced atomically) is left to its write. Once only."""
+        if not self.is_main or not self._earlier_files:
+            return
+        removable = {self.results_file, self.log_dir / 'results.json', self.resume_checkpoint}
+        for path in self._earlier_files:
+            if path in removable and path != writing:
+                with guarded_write(path, 'over the earlier run\'s file'):
+                    path.unlink(missing_ok=True)
+        self._earlier_files = ()
         if self._pending_settings is not None:
             write_json(self.log_dir / 'settings.json', self._pending_settings)
             self._pending_settings = None
+
+    def save_results(self, results):
+        if not self.is_main:
+            return
+        self.take_over_name(writing=self.results_file)
         write_json(self.results_file, results)
 
     def append_summary(self, best_miou):

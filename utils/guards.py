@@ -8,8 +8,9 @@ results.
 - What the experiment name already holds: an experiment name holds one run. A run under a name
   whose files hold an unfinished run (`last.pt`) or a finished one (results, best checkpoint and
   the settings that describe them) would replace or remove them, so it is refused, naming the
-  files, unless the user asks for it: `--resume` continues the same run, `--overwrite` replaces
-  the files as the new ones are written (never deleting them up front).
+  files, unless the user asks for it: `--resume` continues the same run, `--overwrite` lets the
+  new run take the name over at its first replacing write (Experiment.take_over_name), never up
+  front.
 """
 import json
 import os
@@ -106,6 +107,49 @@ def check_name_length(output):
                          f'choose a shorter {flag}')
 
 
+# --- training flags that cannot make a run ------------------------------------------------------
+
+# A crop side of 9 gives a 1/8 feature map of 2 cells: the smallest crop BatchNorm can train on
+# one image of (see feature_map_size).
+SMALLEST_TRAINING_SIDE = 9
+
+
+def check_training_flags(args):
+    """Refuse, before anything is read or written, training flags that cannot make a run: they
+    ended in results naming a checkpoint never written, or in a traceback mid-epoch."""
+    if args.state == 2 and args.init_epochs == 0:
+        raise InputError('--init-epochs 0 with --state 2 trains nothing (no step, no checkpoint): give the '
+                         'number of supervised epochs (the original\'s default is 30)')
+    check_crop_for_batch_norm(args)
+
+
+def feature_map_size(height, width):
+    """The size of the network's 1/8 feature map for a height x width input. torchvision's ResNet
+    stem (7x7 convolution, stride 2, padding 3; 3x3 max pool, stride 2, padding 1) and layer2's
+    stride-2 convolutions (3x3 padding 1, and 1x1 in the shortcut) each map n to
+    floor((n - 1) / 2) + 1; layer3 and layer4 are dilated and keep the size."""
+    def halve(size):
+        return (size - 1) // 2 + 1
+    return halve(halve(halve(height))), halve(halve(halve(width)))
+
+
+def check_crop_for_batch_norm(args):
+    """BatchNorm in training mode needs more than one value per channel, and the last batch of an
+    epoch, or a process's share of a batch, can be one image: a crop whose 1/8 feature map is a
+    single cell then stopped the run mid-epoch with a traceback. --frozen-bn normalises with the
+    stored statistics and needs none. The default crops (321, 256x512) are far larger."""
+    if args.state not in TRAINING_STATES or args.frozen_bn or not args.crop_size:
+        return
+    height, width = args.crop_size
+    if feature_map_size(height, width) != (1, 1):
+        return
+    raise InputError(f'--crop-size {height} {width}: the network\'s 1/8 feature map of this crop is a single '
+                     f'cell, on which BatchNorm cannot train when a batch holds one image (the last batch of an '
+                     f'epoch, or a process\'s share, can); the smallest crop that works has a side of '
+                     f'{SMALLEST_TRAINING_SIDE} (e.g. --crop-size {SMALLEST_TRAINING_SIDE} {width}), or add '
+                     f'--frozen-bn')
+
+
 # --- what the experiment name already holds ---------------------------------------------------
 
 def earlier_run_files(experiment, args):
@@ -122,6 +166,9 @@ def earlier_run_files(experiment, args):
     files = []
     if experiment.results_file.exists():
         files.append((experiment.results_file, '--results-file' if args.results_file else '--exp-name'))
+    default_results = experiment.log_dir / 'results.json'
+    if default_results != experiment.results_file and default_results.exists():
+        files.append((default_results, '--exp-name'))   # beside the settings.json this run rewrites
     if last.exists():
         files.append((last, '--exp-name'))
     if args.state in TRAINING_STATES and args.save and named_checkpoint.exists():
@@ -174,12 +221,26 @@ def check_name_holds_no_other_run(experiment, args):
                      f'--overwrite to replace them')
 
 
+def earlier_files_left_to_resume(experiment, args):
+    """What is still the earlier run's when an --overwrite run is resumed. A run that is resumed
+    has written no results, so results under its name are the earlier run's: it stopped before
+    taking the name over (its first best checkpoint would have), and the settings.json and best
+    checkpoint beside them are the earlier run's too. Its own last.pt is what it resumes from."""
+    default_results = experiment.log_dir / 'results.json'
+    if not (experiment.results_file.exists() or default_results.exists()):
+        return []
+    return [path for path, _ in earlier_run_files(experiment, args) if path != experiment.resume_checkpoint]
+
+
 def check_name_once(experiment, args):
-    """`check_name_holds_no_other_run` on the main process (the one that writes), agreed by all."""
+    """`check_name_holds_no_other_run` on the main process (the one that writes), agreed by all;
+    the main process's experiment learns which files it will take over (Experiment.replaces)."""
     error, replaced = None, []
     if distributed.is_main():
         try:
             replaced = check_name_holds_no_other_run(experiment, args)
+            resumed = args.resume and args.state in TRAINING_STATES
+            experiment.replaces(earlier_files_left_to_resume(experiment, args) if resumed else replaced)
         except RunError as failure:
             error = failure
     distributed.agree_on_errors(error)

@@ -82,6 +82,29 @@ def check_flags(args, world_size):
     return ratios
 
 
+def check_starting_checkpoint(context, checkpoint, path, first_round, warm_up):
+    """What --continue-from records of the run that wrote it (its settings' state) must fit the
+    schedule: round R > 1 continues from round R-1's checkpoint, which a state 1 run writes (a
+    supervised checkpoint there skipped rounds 1..R-1 in silence); a checkpoint that records
+    nothing (converted weights, the original's) is taken as before. A trained checkpoint under
+    the supervised warm-up (`warm_up`: --init-epochs > 0 before round 1) is taken too, with a
+    warning in the log: round 1's bar becomes the warm-up's best, so the run can end below the
+    score it started from."""
+    args = context.args
+    written_by = (checkpoint.get('settings') or {}).get('state')
+    if first_round > 0 and written_by is not None and written_by != 1:
+        raise InputError(f'--round {args.round} continues from round {args.round - 1}\'s checkpoint (written by '
+                         f'a state 1 run), but --continue-from {path} was written by a state {written_by} run; '
+                         f'run round 1 first (--round 1 from it) and continue from its checkpoint')
+    trained = written_by in (1, 2) or checkpoint.get('best_miou') is not None
+    if warm_up and trained:
+        what = f'written by a state {written_by} run' if written_by in (1, 2) else 'it carries a validation mIoU'
+        context.experiment.log(f'warning: --continue-from {path} is already trained ({what}), yet --init-epochs '
+                               f'{args.init_epochs} first trains a supervised warm-up from it, whose best becomes '
+                               f'the bar to beat: the run can end below the score it starts from; to self-train '
+                               f'from a trained baseline pass --init-epochs 0, as the scripts do')
+
+
 def starting_bar(context, checkpoint, validate):
     """The mIoU round one must beat: stored in the checkpoint when measured on our val set."""
     stored = context.stored_miou(checkpoint)
@@ -231,13 +254,15 @@ def run_self_training(context):
     model = context.build_model(initialise_backbone=False)
     start_path = Path(args.continue_from)
     start_checkpoint = context.load_weights(model, start_path)
+    warm_up = args.init_epochs > 0 and first_round == 0 and saved.get('phase', 'supervised') == 'supervised'
+    check_starting_checkpoint(context, start_checkpoint, start_path, first_round, warm_up)
 
     # The original's supervised warm-up (--init-epochs, 30 by default; the scripts pass 0 to start
     # from a trained baseline). It precedes round 1, so a --round R > 1 process has none.
     if args.init_epochs > 0 and first_round > 0:
         experiment.log(f'--round {args.round}: no supervised warm-up (--init-epochs {args.init_epochs} '
                        f'precedes round 1 only)')
-    if args.init_epochs > 0 and first_round == 0 and saved.get('phase', 'supervised') == 'supervised':
+    if warm_up:
         if resume is not None:
             context.load_weights(model, experiment.resume_checkpoint, '--resume')
         experiment.log(f'supervised warm-up of {args.init_epochs} epochs (--init-epochs), as the original: '
