@@ -303,6 +303,36 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return item
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """Images that are no dataset's (predict.py's inputs), each predicted at its own size.
+
+    With a padding evaluation, an image that fits the canvas is padded to it (so images batch,
+    as evaluation does); a larger one is left at its size, and predicted alone, window by window
+    (`oversize`). With a resizing one (Cityscapes' 512x1024), every image is resized first.
+    Items are those of `SegmentationDataset` without a label, plus 'oversize'.
+    """
+
+    def __init__(self, info, paths, sizes, coco=False, eval_size=None):
+        self.info = info
+        self.paths = [Path(path) for path in paths]
+        self.canvas = tuple(eval_size or info.eval_size)
+        self.oversize = [info.base_size is None and (height > self.canvas[0] or width > self.canvas[1])
+                         for height, width in sizes]
+        self.fitting = build_transforms(info, 'eval', coco=coco, eval_size=self.canvas)
+        self.alone = T.Compose(self.fitting.transforms[-1:])   # normalisation only
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        image = load_image(self.paths[index])
+        file_size = tuple(image.shape[-2:])
+        own_size = tuple(self.info.base_size or file_size)
+        image, _ = (self.alone if self.oversize[index] else self.fitting)(image, None)
+        return {'image': image, 'index': index, 'own_size': torch.tensor(own_size),
+                'file_size': torch.tensor(file_size), 'oversize': self.oversize[index]}
+
+
 def pseudo_label_path(pseudo_label_dir, name):
     return Path(pseudo_label_dir) / f'{name}.png'
 

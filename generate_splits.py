@@ -9,15 +9,21 @@ file. The output format is one name per line, '\\n' endings, a final newline.
 Usage:
     python generate_splits.py --dataset voc --list voc_trainaug_sorted.txt
     python generate_splits.py --dataset city --list CITY_ROOT/data_lists/train.txt --out DIR
+    python generate_splits.py --dataset my_data.yaml --fractions 4,8
 
-Without `--out` the files go to the paper's shipped folder (data_splits/<dataset>), which every
-run reads by default: there a missing file may be added but none changed, so the paper's list
-regenerates the paper's splits, and any other list is refused before anything is written (pass
-`--out`).
+For VOC and Cityscapes, without `--out` the files go to the paper's shipped folder
+(data_splits/<dataset>), which every run reads by default: there a missing file may be added but
+none changed, so the paper's list regenerates the paper's splits, and any other list is refused
+before anything is written. The same holds for any `--out` that names the shipped folders,
+whatever the path: the shipped splits are never changed.
 
-`--list` has no default: the full VOC train+aug list is not part of the VOC download (it is
-assembled from SBD), and the Cityscapes one is made by cityscapes_data_lists.py under the user's
-dataset root, so there is no path this script could guess reliably.
+For a dataset described by a file, `--list` defaults to its training list (`train_list`), the
+files go to the dataset's own list folder (or `--out`, never into data_splits/), and `main.py
+--split N --sets-id K` finds them there. Where the labels can be read, each labeled set's class
+pixel shares are printed, so that a split that misses a class shows.
+
+For VOC, `--list` has no default: the full train+aug list is not part of the VOC download (it is
+assembled from SBD).
 """
 import argparse
 import math
@@ -37,6 +43,7 @@ DATASETS = {
     'voc': ('PASCAL_VOC_2012', (2.0, 4.0, 8.0, 20.0, 50.0, 105.82)),
     'city': ('Cityscapes', (2.0, 4.0, 8.0, 20.0, 29.75)),
 }
+OWN_DATA_FRACTIONS = (2.0, 4.0, 8.0)   # a dataset of one's own: the default fractions
 
 
 def fraction_name(fraction):
@@ -193,23 +200,31 @@ def parse_fractions(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         description='Write the labeled/unlabeled split lists of the paper (or new ones).')
-    parser.add_argument('--dataset', required=True, choices=sorted(DATASETS),
-                        help='picks the default fractions and output folder')
-    parser.add_argument('--list', required=True, type=Path,
-                        help='the full training list, sorted, one name per line')
+    parser.add_argument('--dataset', required=True, metavar='{voc,city,FILE}',
+                        help='voc, city (the paper\'s fractions and shipped folder), or a dataset description '
+                             'file (its training list and list folder)')
+    parser.add_argument('--list', default=None, type=Path,
+                        help='the full training list, sorted, one name per line (default for a description '
+                             'file: its train_list)')
     parser.add_argument('--out', type=Path, default=None,
-                        help='output folder (default: data_splits/PASCAL_VOC_2012 or '
-                             'data_splits/Cityscapes beside this script, the shipped splits, '
-                             'where only missing files are written and none is changed)')
+                        help='output folder (default: for voc and city the shipped splits, '
+                             'data_splits/PASCAL_VOC_2012 or data_splits/Cityscapes beside this script, where '
+                             'only missing files are written and none is changed; for a description file the '
+                             'dataset\'s own list folder)')
+    parser.add_argument('--data-root', default=None,
+                        help='the dataset\'s root, where the description\'s root is not it')
     parser.add_argument('--seed', type=int, default=PAPER_SEED,
                         help=f'random seed (default {PAPER_SEED}, the paper\'s)')
     parser.add_argument('--sets', type=int, default=PAPER_NUM_SETS,
                         help=f'how many set ids to write (default {PAPER_NUM_SETS})')
     parser.add_argument('--fractions', default=None,
                         help='comma-separated 1/s fractions instead of the dataset\'s, e.g. '
-                             '"2,4,8"; a non-integer s is named after the nearest integer')
+                             '"2,4,8"; a non-integer s is named after the nearest integer (default for a '
+                             'description file: 2,4,8)')
     parser.add_argument('--sort', action='store_true',
                         help='sort the list first instead of refusing an unsorted one')
+    parser.add_argument('--no-shares', action='store_true',
+                        help='do not read the labels to print each labeled set\'s class pixel shares')
     return parser
 
 
@@ -223,28 +238,103 @@ def write_split_files(out_dir, contents, blame):
             raise InputError(f'{blame}: cannot write {file_name}: {error.strerror}') from None
 
 
+def shipped_root():
+    """The folder of the paper's shipped splits; nothing under it is ever changed."""
+    return (REPO_DIR / 'data_splits').resolve()
+
+
+def inside_shipped(folder):
+    return Path(folder).resolve().is_relative_to(shipped_root())
+
+
+def choose_dataset(args):
+    """(dataset info or None, its root or None, default fractions, list, default out folder).
+    For voc and city the info is read only for the class shares (their root may be absent)."""
+    import data_processing as dp
+
+    if args.dataset in DATASETS:
+        folder, fractions = DATASETS[args.dataset]
+        if args.list is None:
+            raise InputError(f'--list is required for --dataset {args.dataset}: the full training list')
+        info = dp.get_dataset_info(args.dataset)
+        try:
+            root = dp.resolve_root(info, args.data_root)
+        except InputError:
+            root = None   # the shares need the labels; the splits do not
+        return info, root, fractions, args.list, REPO_DIR / 'data_splits' / folder
+    info = dp.get_dataset_info(args.dataset)
+    root = dp.resolve_root(info, args.data_root)
+    list_path = args.list
+    if list_path is None:
+        if info.train_list is None:
+            raise InputError(f'--list: {info.description} names no train_list; pass --list')
+        list_path = dp.find_list(info, root, info.train_list)
+    out = args.out if args.out is not None else root / info.list_dir
+    if inside_shipped(out):
+        raise InputError(f'--out {out} is inside the shipped splits {shipped_root()}, which hold the paper\'s '
+                         f'splits of VOC and Cityscapes; write the splits of {info.name} elsewhere (default: '
+                         f'{root / info.list_dir})')
+    return info, root, OWN_DATA_FRACTIONS, list_path, out
+
+
 def run(args):
-    folder, default_fractions = DATASETS[args.dataset]
+    info, root, default_fractions, list_path, default_out = choose_dataset(args)
     fractions = default_fractions if args.fractions is None else parse_fractions(args.fractions)
     if args.sets < 1:
         raise InputError(f'--sets must be at least 1, got {args.sets}')
-    names = read_list(args.list, sort=args.sort)
+    names = read_list(list_path, sort=args.sort)
     try:
         splits = make_splits(names, fractions, seed=args.seed, num_sets=args.sets)
     except ValueError as error:
-        raise InputError(f'list file {args.list}: {error}') from None
+        raise InputError(f'list file {list_path}: {error}') from None
     contents = {file_name: file_bytes(lines) for file_name, lines in splits.items()}
-    if args.out is None:
-        out_dir = REPO_DIR / 'data_splits' / folder
+    out_dir = default_out if args.out is None else args.out
+    if inside_shipped(out_dir):
+        out_dir = Path(out_dir)
         written = files_to_write_into_shipped(out_dir, contents)
         write_split_files(out_dir, written, f'shipped split folder {out_dir}')
         print(f'wrote {len(written)} of {len(contents)} split files for {len(names)} names to '
               f'{out_dir}; the other {len(contents) - len(written)} were there already, '
               'byte-identical')
     else:
-        out_dir = prepare_out_dir(args.out)
+        out_dir = prepare_out_dir(out_dir)
         write_split_files(out_dir, contents, f'--out {out_dir}')
         print(f'wrote {len(contents)} split files for {len(names)} names to {out_dir}')
+    if not args.no_shares and (args.dataset not in DATASETS or labels_present(info, root, names)):
+        print_class_shares(info, root, splits, names)
+
+
+def print_class_shares(info, root, splits, names):
+    """Each labeled set's class pixel shares (ignored pixels aside), read from the labels, so
+    that a set missing a class shows before a run is spent on it."""
+    from utils.data_check import class_pixels_of_ids
+
+    if not labels_present(info, root, names):
+        where = f'under {root}' if root is not None else '(no dataset root found; pass --data-root)'
+        print(f'class pixel shares: not computed, the labels are not {where}')
+        return
+    pixels = class_pixels_of_ids(info, root, names, info.subset_of('train'))
+    print(f'class pixel shares of the labeled sets (ignored pixels aside; {info.name}, '
+          f'{info.num_classes} classes):')
+    print(f'  {"all":<22} {share_text(info, sum(pixels.values()))}')
+    for file_name, ids in splits.items():
+        if '_labeled_' not in file_name or file_name.startswith('1_'):
+            continue
+        total = sum(pixels[name] for name in ids)
+        print(f'  {file_name[:-4] + f" ({len(ids)})":<22} {share_text(info, total)}')
+
+
+def labels_present(info, root, names):
+    return root is not None and info.label_path(root, names[0], info.subset_of('train')).is_file()
+
+
+def share_text(info, counts):
+    total = max(int(counts.sum()), 1)
+    parts = []
+    for index, name in enumerate(info.class_names):
+        share = counts[index] / total
+        parts.append(f'{name} {share * 100:.1f}%' + (' MISSING' if counts[index] == 0 else ''))
+    return ', '.join(parts)
 
 
 def main(argv=None):

@@ -14,13 +14,18 @@ LAYERS = [
     # 1b: no project imports but the constants and the device helpers
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference',
      'utils.failure_watch'},
-    # 2: writing files, several processes
-    {'utils.files', 'utils.distributed', 'utils.versions'},
+    # 2: writing files, several processes; reading images and labels as files say
+    {'utils.files', 'utils.distributed', 'utils.versions', 'utils.images', 'utils.label_encoding'},
+    # 2b: a dataset as its description file says
+    {'utils.dataset_description'},
     # 3: data (and the one list reader), network, checkpoints, experiment outputs and their checks
     {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'utils.guards'},
-    # 4: building blocks over those (and the models package, which re-exports the network); the
-    # split rule, which reads its list with data_processing's reader
-    {'utils.data_check', 'utils.training', 'utils.cbc', 'models', 'generate_splits'},
+    # 4: building blocks over those (and the models package, which re-exports the network);
+    # predictions as files
+    {'utils.data_check', 'utils.training', 'utils.cbc', 'models', 'utils.predictions'},
+    # 4b: the split rule, which reads its list with data_processing's reader and the class shares
+    # of its sets with the data check's
+    {'generate_splits'},
     # 5: the orchestration every state shares; the synthetic set, split by the paper's rule
     {'utils.context', 'utils.synthetic'},
     # 6: the states
@@ -28,7 +33,7 @@ LAYERS = [
     # 7: self-training runs a supervised warm-up first
     {'utils.self_training'},
     # 8: programs
-    {'main', 'paper_table', 'visualize', 'convert_coco', 'cityscapes_data_lists'},
+    {'main', 'paper_table', 'visualize', 'convert_coco', 'cityscapes_data_lists', 'describe_dataset', 'predict'},
     # 9: the demo runs main.py and draws with visualize
     {'demo'},
 ]

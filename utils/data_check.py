@@ -160,3 +160,13 @@ def line_of(dataset, index):
 def todo_anywhere(gathered, cached, dataset):
     return any(cached.get(dataset.names[index]) != record for index, record in gathered.items())
 
+
+
+def class_pixels_of_ids(info, root, names, subset, threads=4):
+    """{id: pixels of each class in its label} for ids of a dataset, decoded as its description
+    says, in threads (generate_splits.py prints the shares of its sets from these)."""
+    def count(name):
+        return name, class_pixels(info.encoding.read(info.label_path(root, name, subset)), info.num_classes)
+
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        return dict(pool.map(count, names))

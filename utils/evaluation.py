@@ -15,9 +15,9 @@ from PIL import Image
 from utils import distributed
 from utils.context import describe_checkpoint, finish, scores_summary
 from utils.device import host_values, to_host
-from utils.files import atomic_path, guarded_write
-from utils.inference import Protocol, upsample
+from utils.inference import Protocol
 from utils.metrics import format_table
+from utils.predictions import palette_image, save_png, scores_at_file_size
 from utils.training import evaluate
 
 def protocol_from_flags(args, info):
@@ -25,19 +25,6 @@ def protocol_from_flags(args, info):
     window = tuple(args.sliding_window) if args.sliding_window else info.eval_window
     return Protocol(scales=tuple(args.scales), flip=args.flip, window=window,
                     stride=tuple(args.window_stride) if args.window_stride else None)
-
-
-def palette_image(prediction, colors):
-    """A palette ('P' mode) PNG image of class indices with the dataset's colours."""
-    image = Image.fromarray(prediction.astype(np.uint8), mode='P')
-    flat = [value for color in colors for value in color]
-    image.putpalette(flat + [0] * (768 - len(flat)))
-    return image
-
-
-def save_png(image, path):
-    with guarded_write(path, 'prediction'), atomic_path(path) as temporary:
-        image.save(temporary, format='PNG')
 
 
 class PredictionWriter:
@@ -55,12 +42,7 @@ class PredictionWriter:
     def __call__(self, batch, scores):
         for scores_one, index, own, file_size in zip(scores, batch['index'].tolist(),
                                                      batch['own_size'].tolist(), batch['file_size'].tolist()):
-            own_h, own_w = own
-            if self.dataset.info.base_size is None:
-                # VOC: the canvas is padded bottom/right; the image is its top-left corner.
-                scores_one = scores_one[:, :own_h, :own_w]
-            if tuple(scores_one.shape[-2:]) != tuple(file_size):
-                scores_one = upsample(scores_one[None], file_size)[0]
+            scores_one = scores_at_file_size(scores_one, own, file_size)
             prediction = to_host(scores_one.argmax(0).to(torch.uint8)).numpy()
             name = self.dataset.names[index]
             save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')

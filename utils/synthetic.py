@@ -68,8 +68,10 @@ def _random_color(rng):
     return rng.uniform(20, 235, size=3)
 
 
-def make_sample(rng, height, width):
-    """One (image uint8 [H, W, 3], label uint8 [H, W]) pair."""
+def make_sample(rng, height, width, object_classes=None, void_band=True):
+    """One (image uint8 [H, W, 3], label uint8 [H, W]) pair. `object_classes` limits the objects
+    drawn to those classes (default: any, drawn as the VOC-layout set always has); `void_band`
+    marks boundaries 255."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     # Background: two blended colours under smooth noise plus thin distractor lines.
     low = rng.normal(size=(height // 8 + 2, width // 8 + 2))
@@ -82,7 +84,10 @@ def make_sample(rng, height, width):
         image[line] = _random_color(rng)
     label = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(1, 4)):
-        class_id = int(rng.integers(1, NUM_SYNTHETIC_CLASSES))
+        if object_classes is None:
+            class_id = int(rng.integers(1, NUM_SYNTHETIC_CLASSES))
+        else:
+            class_id = int(object_classes[rng.integers(len(object_classes))])
         size = rng.uniform(0.16, 0.3) * min(height, width)
         cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
         mask = _shape_mask(SHAPES[class_id], ys, xs, cy, cx, size, rng.uniform(0, np.pi))
@@ -92,6 +97,8 @@ def make_sample(rng, height, width):
         image[mask] = object_pixels[mask]
         label[mask] = class_id
     image += rng.normal(scale=6.0, size=image.shape)
+    if not void_band:
+        return np.clip(image, 0, 255).astype(np.uint8), label
     # A void band on both sides of every boundary, as VOC marks object outlines.
     edge = np.zeros_like(label, dtype=bool)
     edge[1:, :] |= label[1:, :] != label[:-1, :]
@@ -148,3 +155,37 @@ def make_synthetic_voc(root, num_train=240, num_val=60, seed=0, height_range=(88
             'classes': SHAPES, 'textures': TEXTURES, 'labeled_fraction': labeled_fraction}
     (root / 'synthetic.json').write_text(json.dumps(info, indent=1))
     return train_ids, val_ids
+
+
+# --- a dataset of one's own, unlike VOC --------------------------------------------------------
+
+# Colour of each class in the masks; the last class, 'ring', is drawn in validation images only,
+# so no labeled split holds it.
+OWN_COLORS = {'background': (0, 0, 0), 'disk': (230, 25, 75), 'square': (60, 180, 75),
+              'triangle': (0, 130, 200), 'ring': (255, 225, 25)}
+OWN_SCENES = ('street', 'field', 'yard/north')
+
+
+def make_synthetic_own(root, num_train=24, num_val=6, seed=0, height_range=(72, 88), width_range=(96, 120)):
+    """A small dataset laid out as a user's own might be, unlike VOC: PNG images in nested
+    folders `images/{train,val}/<scene>/<name>.png`, RGB colour masks beside them under
+    `masks/.../<name>_mask.png` in OWN_COLORS, five classes, the last ('ring') only in the
+    validation images. No lists and no description: describe_dataset.py makes those. Returns
+    {'train': ids, 'val': ids} with ids as paths under images/ without the suffix."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    palette = np.asarray(list(OWN_COLORS.values()), dtype=np.uint8)
+    ids = {'train': [], 'val': []}
+    for subset, count, classes in (('train', num_train, (1, 2, 3)), ('val', num_val, (1, 2, 3, 4))):
+        for number in range(count):
+            name = f'{subset}/{OWN_SCENES[number % len(OWN_SCENES)]}/img_{number:04d}'
+            height = int(rng.integers(height_range[0], height_range[1] + 1))
+            width = int(rng.integers(width_range[0], width_range[1] + 1))
+            drawn = (4,) if subset == 'val' and number == 0 else classes   # the first val image has a ring
+            image, label = make_sample(rng, height, width, object_classes=drawn, void_band=False)
+            for folder, suffix, pixels in (('images', '.png', image), ('masks', '_mask.png', palette[label])):
+                path = root / folder / f'{name}{suffix}'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+            ids[subset].append(name)
+    return ids
