@@ -5,6 +5,9 @@ supervised training on 1/8 of the labels (state 2), DST-CBC rounds each as its o
 (state 1 with --round), and evaluation of both checkpoints (state 3). Every command is printed,
 so it can be rerun or adapted by hand.
 
+Last, `predict.py` segments a few new images the network never saw (made with another seed) into
+<work-dir>/predictions/, as a user segments their own photographs.
+
 The protocol is the honest one the README recommends for real data: select on valtiny, report on
 val. Training and self-training validate on valtiny (`--valtiny`), so every checkpoint choice
 (the best step, whether a round is kept) is made there; val, a separate set of images, is scored
@@ -37,7 +40,7 @@ DEMO = {
     'supervised': ['--init-epochs', '60', '--lr', '0.02', '--val-num-steps', '20'],
     'self_training': ['--init-epochs', '0', '--gamma', '9', '--st-lr', '0.02', '--st-epochs', '3', '3',
                       '--iters', '2', '--val-num-steps', '53'],
-    'pictures': {'val_images': 3, 'unlabeled_images': 3},
+    'pictures': {'val_images': 3, 'unlabeled_images': 3, 'new_images': 3},
 }
 QUICK = {  # for tests: the same chain in seconds (numbers are meaningless)
     'images': {'num_train': 24, 'num_val': 8, 'num_valtiny': 6},
@@ -45,7 +48,7 @@ QUICK = {  # for tests: the same chain in seconds (numbers are meaningless)
     'supervised': ['--init-epochs', '2', '--lr', '0.02', '--val-num-steps', '4'],
     'self_training': ['--init-epochs', '0', '--gamma', '9', '--st-lr', '0.02', '--st-epochs', '1', '1',
                       '--iters', '2', '--val-num-steps', '10'],
-    'pictures': {'val_images': 2, 'unlabeled_images': 2},
+    'pictures': {'val_images': 2, 'unlabeled_images': 2, 'new_images': 2},
 }
 
 SUPERVISED, EVAL_SUPERVISED, EVAL_DSTCBC = 'demo_supervised', 'demo_eval_supervised', 'demo_eval_dstcbc'
@@ -55,7 +58,9 @@ PICTURES = {  # file names in <work-dir>/pictures/
     'rounds': 'rounds.png',
     'class_iou': 'class_iou.png',
     'confusion': 'confusion.png',
+    'new_images': 'new_images.png',
 }
+NEW_IMAGE_SEED = 1_000_003   # the new images' generator: never one of the synthetic set's seeds
 VALIDATION_LINE = re.compile(r' supervised step (\d+)/(\d+): val mIoU ([0-9.]+)')
 
 
@@ -124,7 +129,46 @@ def display_class_names(class_names):
     return names
 
 
-def make_pictures(work_dir, data_dir, settings, last_checkpoint, rounds, threads=0):
+def make_new_images(folder, count, seed):
+    """`count` images the network never saw (another seed than the set's), as JPEG files a user
+    would have, and their hidden ground truth beside (for the picture only; predict.py never
+    reads it). Returns the names."""
+    import numpy as np
+    from PIL import Image
+
+    from utils.synthetic import make_sample
+
+    rng = np.random.default_rng([NEW_IMAGE_SEED, seed])
+    (folder / 'images').mkdir(parents=True, exist_ok=True)
+    (folder / 'truth').mkdir(exist_ok=True)
+    names = []
+    for number in range(count):
+        image, label = make_sample(rng, int(rng.integers(88, 97)), int(rng.integers(112, 129)))
+        name = f'new_{number:02d}'
+        Image.fromarray(image).save(folder / 'images' / f'{name}.jpg', quality=95)
+        Image.fromarray(label).save(folder / 'truth' / f'{name}.png')
+        names.append(name)
+    return names
+
+
+def new_image_rows(new_dir, predictions_dir, names):
+    """Panel rows of the new images: the image, its hidden truth, predict.py's prediction and
+    confidence, read from the files predict.py wrote."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for name in names:
+        with Image.open(new_dir / 'images' / f'{name}.jpg') as image, \
+                Image.open(new_dir / 'truth' / f'{name}.png') as truth, \
+                Image.open(predictions_dir / 'index' / f'{name}.png') as prediction:
+            rows.append({'name': name, 'image': np.asarray(image.convert('RGB')), 'ground_truth': np.asarray(truth),
+                         'prediction': np.asarray(prediction), 'pseudo_label': None,
+                         'confidence': np.load(predictions_dir / 'confidence' / f'{name}.npy')})
+    return rows
+
+
+def make_pictures(work_dir, data_dir, settings, last_checkpoint, rounds, threads=0, new_images=None):
     """The figures of the run, in <work-dir>/pictures/; returns {key: path} and the image ids."""
     import torch
 
@@ -186,13 +230,19 @@ def make_pictures(work_dir, data_dir, settings, last_checkpoint, rounds, threads
                              [dstcbc_iou.get(class_names[index]) for index in shown],
                              paths['class_iou'], labels=('supervised (val)', 'DST-CBC (val)'))
 
+    if new_images is not None:
+        new_dir, predictions_dir, names_new = new_images
+        visualize.save_panels(new_image_rows(new_dir, predictions_dir, names_new), paths['new_images'], info.colors,
+                              names, title=f'new images the network never saw: predict.py with {last_checkpoint}')
+
     matrix, _ = visualize.confusion_from_results(results(work_dir, EVAL_DSTCBC))
     present = [index for index in range(len(matrix))
                if sum(matrix[index]) > 0 or sum(row[index] for row in matrix) > 0]
     visualize.plot_confusion([[matrix[row][column] for column in present] for row in present],
                              [names[index] for index in present], paths['confusion'])
     return paths, {'val': val_ids, 'unlabeled': [row['name'] for row in pseudo_rows],
-                   'unlabeled_list': unlabeled_list, 'labeler': labeler}
+                   'unlabeled_list': unlabeled_list, 'labeler': labeler,
+                   'new': list(new_images[2]) if new_images is not None else []}
 
 
 def main(argv=None):
@@ -251,7 +301,16 @@ def main(argv=None):
     curve = validation_curve(work_dir, SUPERVISED)
     training_minutes = (time.time() - started) / 60
 
-    paths, shown = make_pictures(work_dir, data_dir, settings, previous, rounds, args.threads)
+    # New images, never seen: predict.py, as a user segments their own photographs.
+    new_dir, predictions_dir = work_dir / 'new_images', work_dir / 'predictions'
+    new_names = make_new_images(new_dir, settings['pictures']['new_images'], args.seed)
+    run([sys.executable, str(REPO_DIR / 'predict.py'), '--dataset', 'voc', '--checkpoint', previous,
+         '--out', str(predictions_dir), str(new_dir / 'images'), '--confidence', 'npy', '--overwrite',
+         '--eval-size', *settings['common'][settings['common'].index('--eval-size') + 1:][:2],
+         '--device', 'cpu', '--workers', args.workers], work_dir, environment)
+
+    paths, shown = make_pictures(work_dir, data_dir, settings, previous, rounds, args.threads,
+                                 new_images=(new_dir, predictions_dir, new_names))
 
     num_val, num_valtiny = images['num_val'], images['num_valtiny']
     rows = [('supervised, 1/8 of the labels', supervised, selection['supervised']),

@@ -112,7 +112,7 @@ def differ(first, second):
 def check_draws_its_pictures(quick_demo):
     work, data, summary = quick_demo['work'], quick_demo['data'], quick_demo['summary']
     pictures = {key: Path(path) for key, path in summary['pictures'].items()}
-    assert set(pictures) == {'val_panels', 'pseudo_label_panels', 'rounds', 'class_iou', 'confusion'}
+    assert set(pictures) == {'val_panels', 'pseudo_label_panels', 'rounds', 'class_iou', 'confusion', 'new_images'}
     assert all(path.parent == work / 'pictures' and path.is_file() for path in pictures.values())
     assert sorted(p.name for p in (work / 'pictures').iterdir()) == sorted(p.name for p in pictures.values())
     for path in pictures.values():
@@ -160,6 +160,27 @@ def check_draws_its_pictures(quick_demo):
         white = (pseudo == IGNORED_COLOR).all(axis=-1).mean()
         assert 0.3 < white < 0.95, white
         assert differ(parts[2], pseudo) > 5 and differ(parts[0], parts[4]) > 5
+
+    # New images the network never saw, segmented by predict.py: its files for each, and a row
+    # per image of image, hidden truth, prediction and confidence.
+    assert '$ python predict.py --dataset voc --checkpoint demo_dstcbc_round2.pt' in quick_demo['stdout']
+    new = shown['new']
+    assert len(new) == 2
+    for name in new:
+        for folder, suffix in (('index', '.png'), ('color', '.png'), ('overlay', '.jpg'), ('confidence', '.npy')):
+            assert (work / 'predictions' / folder / f'{name}{suffix}').is_file()
+        assert not (data / 'JPEGImages' / f'{name}.jpg').exists()   # never part of the set
+    sizes = []
+    for name in new:
+        with Image.open(work / 'new_images' / 'images' / f'{name}.jpg') as image:
+            sizes.append((image.height, image.width))
+    height, width, cells = panel_layout(sizes, columns=4)
+    pixels = read_png(pictures['new_images'])
+    assert pixels.shape == (height, width, 3)
+    for row in cells:
+        image, truth, prediction, confidence = (cell(pixels, box) for box in row)
+        assert image.std() > 0 and truth.std() > 0 and confidence.std() > 0
+        assert set(map(tuple, prediction.reshape(-1, 3))) <= VOC_PALETTE
 
     # Rounds, per-class IoU of the classes in the evaluations, and the DST-CBC confusion matrix
     # over the classes present: sizes from visualize's constants.

@@ -27,6 +27,7 @@ from PIL import Image
 
 import describe_dataset
 import generate_splits
+import paper_table
 import predict
 import visualize
 from helpers import TINY_FLAGS, build_voc14_tree, confident_checkpoint, run_main
@@ -173,6 +174,9 @@ def test_own_dataset_from_folders_to_predictions(tmp_path):
             assert set(np.unique(np.asarray(index)).tolist()) <= set(range(5))
         for folder, suffix in (('color', '.png'), ('overlay', '.jpg'), ('confidence', '.png')):
             assert (predicted / folder / f'{stem}{suffix}').is_file()
+    status, out, err = call(paper_table, work)   # the tables of an own dataset, by its name
+    assert status == 0, err
+    assert 'shapes mIoU (%)' in out and 'DST-CBC' in out and 'supervised' in out
     rows = (predicted / 'summary.csv').read_text().splitlines()
     assert len(rows) == 1 + len(ids['val']) and 'share_ring' in rows[0]
     meta = json.loads((predicted / 'predictions.json').read_text())

@@ -37,3 +37,22 @@ def test_every_picture_the_readme_shows_is_in_the_repository():
     for picture in pictures:
         path = REPO_ROOT / picture
         assert path.is_file() and path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', picture
+
+
+def test_the_own_data_description_the_readme_shows_reads_as_it_says(tmp_path):
+    """The complete description file of "Your own data" is a valid one, and means what the
+    README says it does."""
+    from utils.dataset_description import read_description
+
+    section = (REPO_ROOT / 'README.md').read_text().split('## Your own data')[1].split('\n## ')[0]
+    text = re.findall(r'```yaml\n(.+?)\n```', section, re.S)[0]
+    path = tmp_path / 'cracks' / 'cracks.yaml'
+    path.parent.mkdir()
+    path.write_text(text)
+    info = read_description(path)
+    assert info.class_names == ('concrete', 'crack', 'spalling', 'rust')
+    assert info.encoding.kind == 'rgb' and info.encoding.ignore_colors == ((255, 255, 255),)
+    assert info.image_path(info.default_root, 'train/bridge_3/img_0042', '') == \
+        path.parent / 'photos' / 'train' / 'bridge_3' / 'img_0042.jpg'
+    assert info.label_path(info.default_root, 'a/b', '') == path.parent / 'masks' / 'a' / 'b_mask.png'
+    assert (info.eval_fit, info.eval_size, info.crop_size) == ('pad', (505, 505), (321, 321))

@@ -58,18 +58,13 @@ def check_entry(dataset, index, with_labels):
         label_stamp = file_stamp(label_path)
         if label_stamp is None:
             raise InputError(f'{label_path}: file not found{dataset.listed_at(index)}')
-        array = dataset.info.encoding.read(label_path)
-        if tuple(array.shape) != (height, width):
-            raise InputError(f'{label_path}: label is {array.shape[0]}x{array.shape[1]} but its image '
+        (label_height, label_width), counts = dataset.info.encoding.survey(label_path)
+        if (label_height, label_width) != (height, width):
+            raise InputError(f'{label_path}: label is {label_height}x{label_width} but its image '
                              f'{image_path} is {height}x{width}{dataset.listed_at(index)}')
         record['label'] = label_stamp
-        record['class_pixels'] = class_pixels(array, dataset.info.num_classes).tolist()
+        record['class_pixels'] = counts.tolist()
     return record
-
-
-def class_pixels(label, num_classes):
-    """Pixels of each class in a decoded label (255 and nothing else left out)."""
-    return np.bincount(label.reshape(-1), minlength=256)[:num_classes]
 
 
 def cache_path(dataset, cache_dir, with_labels):
@@ -166,7 +161,7 @@ def class_pixels_of_ids(info, root, names, subset, threads=4):
     """{id: pixels of each class in its label} for ids of a dataset, decoded as its description
     says, in threads (generate_splits.py prints the shares of its sets from these)."""
     def count(name):
-        return name, class_pixels(info.encoding.read(info.label_path(root, name, subset)), info.num_classes)
+        return name, info.encoding.survey(info.label_path(root, name, subset))[1]
 
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         return dict(pool.map(count, names))

@@ -62,21 +62,73 @@ class LabelEncoding:
         naming the file and what to change."""
         try:
             with Image.open(path) as image:
-                lossy = LOSSY_FORMATS.get(image.format)
-                if lossy and not (image.format == 'WEBP' and getattr(image, 'lossless', False)):
-                    raise InputError(f'{path}: label file is {lossy}, a lossy format (compression changes the '
-                                     f'label values along every edge); save labels as PNG')
+                self.check_file(image, path)
                 if self.kind == 'rgb':
                     return self.classes_of_colors(color_array(image, path), path)
-                if image.mode not in SINGLE_CHANNEL_MODES:
-                    hint = (f'; if the labels are colour masks, set label_encoding: rgb and the classes\' colors '
-                            f'in {self.source}' if image.mode in ('RGB', 'RGBA') else '')
-                    raise InputError(f'{path}: label must be a single-channel index PNG, found mode '
-                                     f'{image.mode}{hint}')
                 array = np.array(image)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise InputError(f'{path}: cannot read label ({" ".join(str(error).split())})') from None
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise cannot_read(path, error) from None
         return self.classes_of_values(array, path)
+
+    def survey(self, path):
+        """((height, width), pixels of each class) of the label file at `path`, refused as `read`
+        refuses it: the up-front data check of every label. Pillow counts the file's values (or
+        colours) in C and the counts are mapped, rather than every pixel; a label that holds a
+        value or colour no class has is read again by `read`, whose message says where."""
+        try:
+            with Image.open(path) as image:
+                self.check_file(image, path)
+                size = (image.height, image.width)
+                if self.kind == 'rgb':
+                    counts = self.color_counts(image)
+                elif image.mode in ('L', 'P'):
+                    counts = self.value_counts(np.asarray(image.histogram(), dtype=np.int64))
+                else:
+                    counts = None   # 16 and 32-bit labels: mapped pixel by pixel
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise cannot_read(path, error) from None
+        if counts is None:
+            label = self.read(path)
+            counts = np.bincount(label.reshape(-1), minlength=256)[:self.num_classes]
+        return size, counts
+
+    def check_file(self, image, path):
+        """A label must not be lossy, and an index label must have one channel."""
+        lossy = LOSSY_FORMATS.get(image.format)
+        if lossy and not (image.format == 'WEBP' and getattr(image, 'lossless', False)):
+            raise InputError(f'{path}: label file is {lossy}, a lossy format (compression changes the '
+                             f'label values along every edge); save labels as PNG')
+        if self.kind != 'rgb' and image.mode not in SINGLE_CHANNEL_MODES:
+            hint = (f'; if the labels are colour masks, set label_encoding: rgb and the classes\' colors '
+                    f'in {self.source}' if image.mode in ('RGB', 'RGBA') else '')
+            raise InputError(f'{path}: label must be a single-channel index PNG, found mode {image.mode}{hint}')
+
+    def value_counts(self, histogram):
+        """Class pixel counts from a 256-bin histogram of raw values; None when a value is no
+        class's and not ignored (read() then says which)."""
+        table = value_table(self, 256)
+        if histogram[table == INVALID].any():
+            return None
+        kept = (table != INVALID) & (table != IGNORE_INDEX)
+        return np.bincount(table[kept], weights=histogram[kept], minlength=self.num_classes).astype(np.int64)
+
+    def color_counts(self, image):
+        """Class pixel counts of a colour mask from its colours; None when a colour is none of
+        the classes' (or the mask is no plain RGB image): read() then says which and where."""
+        if image.mode != 'RGB':
+            return None
+        colors = image.getcolors(len(self.colors) + len(self.ignore_colors))
+        if colors is None:
+            return None   # more colours than the classes and ignored ones have
+        lookup = {tuple(color): index for index, color in enumerate(self.colors)}
+        ignored = {tuple(color) for color in self.ignore_colors}
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for count, color in colors:
+            if color in lookup:
+                counts[lookup[color]] += count
+            elif color not in ignored:
+                return None
+        return counts
 
     # --- single-channel labels ---------------------------------------------------------------
     def plain_index(self):
@@ -146,6 +198,10 @@ class LabelEncoding:
 
 
 UNKNOWN_COLOR = 254
+
+
+def cannot_read(path, error):
+    return InputError(f'{path}: cannot read label ({" ".join(str(error).split())})')
 
 
 @lru_cache(maxsize=8)
