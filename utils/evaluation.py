@@ -17,7 +17,7 @@ from utils.context import describe_checkpoint, finish, scores_summary
 from utils.device import host_values, to_host
 from utils.inference import Protocol
 from utils.metrics import format_table
-from utils.predictions import palette_image, save_png, scores_at_file_size
+from utils.predictions import class_maximum, palette_image, save_png, scores_at_file_size
 from utils.training import evaluate
 
 def protocol_from_flags(args, info):
@@ -43,7 +43,7 @@ class PredictionWriter:
         for scores_one, index, own, file_size in zip(scores, batch['index'].tolist(),
                                                      batch['own_size'].tolist(), batch['file_size'].tolist()):
             scores_one = scores_at_file_size(scores_one, own, file_size)
-            prediction = to_host(scores_one.argmax(0).to(torch.uint8)).numpy()
+            prediction = to_host(class_maximum(scores_one)[1].to(torch.uint8)).numpy()
             name = self.dataset.names[index]
             save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
             if self.raw_values is not None:

@@ -26,10 +26,17 @@ def prediction_and_confidence(scores, probabilities):
     """(class indices uint8 [h, w], confidence float32 [h, w]) on the host: the argmax, and the
     probability of the chosen class. `probabilities` says whether the scores already are
     probabilities (several views averaged) or logits (one view)."""
-    prediction = scores.argmax(0)   # as state 3 takes it, so both give the same classes
-    probability = scores.float() if probabilities else torch.softmax(scores.float(), dim=0)
-    confidence = probability.gather(0, prediction[None])[0]
-    return to_host(prediction.to(torch.uint8)).numpy(), to_host(confidence).numpy()
+    best, prediction = class_maximum(scores)
+    # The chosen class's softmax probability, exp(l_c) / sum_j exp(l_j) = 1 / sum_j exp(l_j - l_c):
+    # one pass over the classes instead of a whole softmax.
+    confidence = best if probabilities else 1.0 / torch.exp(scores.float() - best).sum(dim=0)
+    return to_host(prediction.to(torch.uint8)).numpy(), to_host(confidence.float()).numpy()
+
+
+def class_maximum(scores, dim=0):
+    """(largest score, its class) over the class dimension: argmax's indices (the first of equal
+    maxima, as argmax), a few times faster than argmax over a strided class dimension."""
+    return scores.max(dim=dim)
 
 
 def palette_image(prediction, colors):
