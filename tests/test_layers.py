@@ -14,8 +14,8 @@ LAYERS = [
     # 1b: no project imports but the constants and the device helpers
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference',
      'utils.failure_watch'},
-    # 2: writing files, several processes
-    {'utils.files', 'utils.distributed', 'utils.versions'},
+    # 2: writing files, several processes, stop signals
+    {'utils.files', 'utils.distributed', 'utils.versions', 'utils.stopping'},
     # 3: data (and the one list reader), network, checkpoints, experiment outputs and their checks
     {'data_processing', 'models.deeplab_v2', 'utils.checkpoints', 'utils.experiment', 'utils.guards'},
     # 4: building blocks over those (and the models package, which re-exports the network); the
