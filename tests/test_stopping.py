@@ -49,9 +49,8 @@ MOMENTS = {
     'fork-state2-workers-start': ('fork', 2, 'supervised:', 0, 1),
     'fork-state2-mid-training-twice': ('fork', 2, 'supervised step 2/', 0, 2),
     'fork-state3-first-moments': ('fork', 3, 'evaluating', 0, 1),
-    'spawn-state0-workers-start': ('spawn', 0, 'checked', 0, 1),
+    'spawn-state0-workers-importing': ('spawn', 0, 'checked', 0.3, 1),
     'spawn-state1-labeling-workers-importing': ('spawn', 1, 'labeling with', 0.5, 1),
-    'spawn-state2-workers-start': ('spawn', 2, 'supervised:', 0, 1),
     'spawn-state2-mid-training-twice': ('spawn', 2, 'supervised step 2/', 0, 2),
     'spawn-state3-workers-importing': ('spawn', 3, 'evaluating', 0.5, 1),
     'forkserver-state1-labeling-workers-start': ('forkserver', 1, 'labeling with', 0, 1),
@@ -127,7 +126,7 @@ def test_ctrl_c_at_any_moment_is_one_line_exit_130_and_saves_the_state(synthetic
     method, state, line, delay, presses = MOMENTS[moment]
     (tmp_path / 'sup.pt').write_bytes(supervised_checkpoint.read_bytes())
     site, marker = site_folder(tmp_path, method)
-    env = dict(os.environ, TQDM_DISABLE='1', PYTHONPATH=str(site))
+    env = dict(os.environ, TQDM_DISABLE='1', PYTHONUNBUFFERED='1', PYTHONPATH=str(site))   # lines as they come
     args = [*STATE_ARGS[state], '--exp-name', 'run', *TINY_FLAGS, '--workers', 2, '--split', 8,
             '--data-root', synthetic_voc]
     child = Child(tmp_path, args, env)
@@ -255,3 +254,39 @@ def test_an_error_while_a_loader_fetches_once_a_stop_is_requested_is_the_stop():
             seen.append(item)
     assert seen == [1] and type(raised.value).__name__ == 'StopRequested'
     assert raised.value.signal_name == 'SIGTERM'
+
+
+MASK_OF_SPAWNED_WORKERS = '''import os, signal, sys
+sys.path.insert(0, {repo!r})
+import torch
+from utils.training import Loader
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return index
+
+loader = Loader(Items(), batch_size=1, num_workers=2, multiprocessing_context='spawn')
+iterator = iter(loader)   # the first loader of this process: multiprocessing's resource tracker starts now
+workers = [pid for pid in open(f'/proc/self/task/{{os.getpid()}}/children').read().split()
+           if b'spawn_main' in open(f'/proc/{{pid}}/cmdline', 'rb').read()]   # not the resource tracker
+for pid in workers:
+    blocked = next(int(line.split()[1], 16) for line in open(f'/proc/{{pid}}/status') if line.startswith('SigBlk'))
+    print(pid, bool(blocked & (1 << signal.SIGINT - 1)), bool(blocked & (1 << signal.SIGTERM - 1)), flush=True)
+for pid in workers:
+    os.kill(int(pid), signal.SIGKILL)
+os._exit(0)
+'''
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='reads the workers\' signal masks from /proc')
+def test_spawned_loader_workers_start_with_the_stop_signals_blocked():
+    """A new interpreter takes seconds to import torch, and Ctrl-C meanwhile printed its traceback.
+    The workers start with SIGINT and SIGTERM blocked, also when the loader is the first thing to
+    start multiprocessing's resource tracker, whose start unblocks both in the main process."""
+    completed = subprocess.run([sys.executable, '-c', MASK_OF_SPAWNED_WORKERS.format(repo=str(MAIN.parent))],
+                               capture_output=True, text=True, timeout=120)
+    lines = completed.stdout.split('\n')[:-1]
+    assert len(lines) == 2 and all(line.endswith(' True True') for line in lines), completed.stdout + completed.stderr

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 
 from utils.errors import StopRequested
 
@@ -132,14 +133,20 @@ class StopRequest:
 
 
 @contextmanager
-def stop_signals_blocked():
+def stop_signals_blocked(start_method='fork'):
     """SIGINT and SIGTERM held back from this thread while a loader starts its workers: they
     inherit the mask (across exec too) and keep it until `worker_ignores_stops` has set them up.
     A signal that comes meanwhile reaches the process through another thread, or this one when
-    the block ends, and is acted on as usual."""
+    the block ends, and is acted on as usual.
+
+    Under spawn and forkserver, multiprocessing's resource tracker is started first: starting it
+    unblocks both signals (it blocks them around its own start, then unblocks rather than
+    restores), which done inside the block would let the workers start unprotected."""
     if not hasattr(signal, 'pthread_sigmask'):
         yield
         return
+    if start_method != 'fork':
+        resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield

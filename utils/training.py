@@ -14,6 +14,7 @@ the others waiting in a collective.
 """
 import contextlib
 import math
+import multiprocessing
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ class Loader(torch.utils.data.DataLoader):
     whole process group, neither prints their tracebacks nor makes the loader fail."""
 
     def __iter__(self):
-        with stop_signals_blocked():
+        context = self.multiprocessing_context or multiprocessing
+        with stop_signals_blocked(context.get_start_method() if self.num_workers else 'fork'):
             return super().__iter__()
 
 
