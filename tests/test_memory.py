@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ import torch
 import main
 from helpers import MAIN, TINY_FLAGS, run_main
 from utils.device import is_out_of_memory
+from utils.errors import OutOfMemory
 from utils.guards import check_memory_fits, memory_needs
+
+# What the check reads of a dataset's description: VOC's sizes and class count.
+VOC = SimpleNamespace(num_classes=21, crop_size=(321, 321), eval_size=(505, 505), base_size=None)
 
 # main.main after the imports, its address space then limited (as `ulimit -v` does) to what it
 # uses plus `headroom` MiB: enough for the network and an input batch (about 400 MB at 2000x2000),
@@ -40,7 +45,8 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(synthetic_voc, superv
     errors = [line for line in completed.stderr.splitlines() if line.strip()]
     assert completed.returncode == 6 and len(errors) == 1, completed.stderr[-3000:]
     assert errors[0].startswith(f'error: {flag} 100000 100000: one ') and 'needs at least' in errors[0]
-    assert re.search(r'needs at least [\d.]+ [GT]iB, more than the [\d.]+ [GT]iB of ', errors[0]) and f'lower {flag}' in errors[0]
+    assert re.search(r'needs at least [\d.]+ [GT]iB, more than the [\d.]+ [GT]iB of ', errors[0])
+    assert f'lower {flag}' in errors[0]
     assert 'checked' not in completed.stdout, 'refused before the data check'
     assert not (tmp_path / 'logs' / 'big' / 'results.json').exists()
 
@@ -48,7 +54,7 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(synthetic_voc, superv
 def test_the_memory_check_refuses_only_what_certainly_cannot_fit(monkeypatch):
     """A lower bound of one image's input and class scores, for the work the run will do: the
     defaults pass with room to spare, a run that does no training step is not held to its crop."""
-    voc = main.dp.get_dataset_info('voc')
+    voc = VOC
     needs = dict((flag, need) for flag, need, _ in memory_needs(main.parse_args(['--state', '2']), voc))
     assert needs == {'--crop-size 321 321': 321 * 321 * 4 * (3 + 2 * 21), '--eval-size 505 505': 505 * 505 * 4 * 24}
     no_steps = main.parse_args(['--state', '2', '--init-epochs', '0', '--crop-size', '100000', '100000'])
@@ -58,7 +64,7 @@ def test_the_memory_check_refuses_only_what_certainly_cannot_fit(monkeypatch):
         ['--eval-size 505 505']
     monkeypatch.setattr('utils.guards.memory_available', lambda device: (needs['--crop-size 321 321'], 'a test'))
     check_memory_fits(main.parse_args(['--state', '2', '--eval-size', '321', '321']), voc, torch.device('cpu'))
-    with pytest.raises(main.OutOfMemory, match=r'--crop-size 322 321: one training image .* needs at least'):
+    with pytest.raises(OutOfMemory, match=r'--crop-size 322 321: one training image .* needs at least'):
         check_memory_fits(main.parse_args(['--state', '2', '--crop-size', '322', '321']), voc, torch.device('cpu'))
     monkeypatch.setattr('utils.guards.memory_available', lambda device: None)   # meta: unknown, nothing refused
     check_memory_fits(main.parse_args(['--state', '2', '--crop-size', '100000', '100000']), voc,

@@ -189,11 +189,11 @@ class RunContext:
         if self.runtime.is_main:
             try:
                 with self.runtime.stop.saving():
+                    train_state = dict(state.extra, total_steps=state.total_steps)
                     save_checkpoint(self.experiment.resume_checkpoint, state.model, optimizer=state.optimizer,
                                     scheduler=state.scheduler, scaler=state.scaler, step=state.step,
                                     best_miou=state.best_miou, num_classes=self.info.num_classes,
-                                    settings=self.settings,
-                                    extra=self.checkpoint_extra({'train_state': dict(state.extra, total_steps=state.total_steps)}))
+                                    settings=self.settings, extra=self.checkpoint_extra({'train_state': train_state}))
             except RunError as failure:
                 error = failure
         distributed.agree_on_errors(error)
