@@ -3,14 +3,33 @@
 Flags keep the meaning they had in the original program (spec section 11); this file only reads
 them and hands a RunContext to the state's function.
 """
+import os
+import signal
 import sys
 
 if sys.version_info < (3, 10):
     sys.exit(f'error: Python {sys.version.split()[0]} is older than 3.10, the oldest this program runs on')
 
+
+def end_on_stop_signals(status, line=''):
+    """Until the run's own handler is in place (utils/stopping.py), SIGINT and SIGTERM end the
+    process at once with `status` and `line`: before it, nothing is saved yet (the imports take
+    seconds, and the interpreter would print a KeyboardInterrupt traceback from inside one);
+    after it, the run has ended and the process only exits."""
+    def end(signum, frame):
+        if line:
+            os.write(2, line.format(signal=signal.Signals(signum).name).encode())
+        os._exit(status)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, end)
+
+
+if __name__ == '__main__':   # not in a spawned loader worker, which imports this file as __mp_main__
+    end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was saved\n')
+
 import argparse
 import math
-import os
 import shlex
 import time
 from pathlib import Path
@@ -23,14 +42,14 @@ from models import BACKBONES
 from utils import distributed
 from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
-from utils.device import configure_backends, use_channels_last
-from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, one_line
+from utils.device import configure_backends, is_out_of_memory, use_channels_last
+from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
 from utils.evaluation import run_evaluation
-from utils.experiment import (AUTOCAST_DTYPES, Experiment, choose_device, describe_precision,
-                              resolve_precision, signals_stop_the_run)
-from utils.guards import TRAINING_STATES, check_name_once, check_outputs, check_training_flags
+from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
+from utils.guards import TRAINING_STATES, check_memory_fits, check_name_once, check_outputs, check_training_flags
 from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
+from utils.stopping import StopRequest, quiet_when_stopped
 from utils.supervised import run_supervised
 from utils.training import Runtime
 from utils.versions import check_versions
@@ -305,8 +324,8 @@ def build_context(args, argv, runtime):
     try:
         distributed.agree_on_errors(error)
         return describe_run(args, argv, runtime, info, root, experiment)
-    except BaseException:
-        experiment.lock.release()   # a run refused here leaves the name free (also to a caller in-process)
+    except BaseException as failure:
+        experiment.end(failure)   # a run refused here leaves the name free (also to a caller in-process)
         raise
 
 
@@ -344,54 +363,81 @@ def describe_run(args, argv, runtime, info, root, experiment):
                       settings=settings, architecture=architecture)
 
 
-def build_runtime(args, device):
+def build_runtime(args, device, stop=None):
     precision = resolve_precision(args.precision, args.mixed_precision, device)
     amp_dtype = AUTOCAST_DTYPES[precision]
     channels_last = {'yes': True, 'no': False}.get(args.channels_last, use_channels_last(device, amp_dtype))
     return Runtime(device=device, amp_dtype=amp_dtype, workers=args.workers, rank=distributed.rank(),
-                   world_size=distributed.world_size(), channels_last=channels_last)
+                   world_size=distributed.world_size(), channels_last=channels_last,
+                   stop=StopRequest() if stop is None else stop)
 
 
-def run(args, argv):
+def run(args, argv, stop):
     check_versions(torch.__version__, torchvision.__version__)
     device = distributed.init(choose_device(args.device), args.dist_timeout)
     configure_backends(device)
-    runtime = build_runtime(args, device)
+    runtime = build_runtime(args, device, stop)
     torch.manual_seed(args.seed)
     args.exp_name = distributed.broadcast_object(args.exp_name)   # a default name is rank 0's
-    with signals_stop_the_run():
-        context = build_context(args, argv, runtime)
-        try:
-            STATES[args.state](context)
-        except KeyboardInterrupt as stop:   # outside the training loops, which save and say it themselves
-            raise Interrupted(stop_message(context, stop)) from None
-        finally:
-            context.experiment.close()
+    context = build_context(args, argv, runtime)
+    try:
+        runtime.stop_point()   # start-up is done
+        check_memory_fits(args, context.info, device)
+        STATES[args.state](context)
+    except BaseException as error:
+        ending = what_ended(context, error)
+        context.experiment.close(ending)   # run.log's last line says how and why
+        if ending is error:
+            raise
+        raise ending from None
+    context.experiment.close()
+
+
+def what_ended(context, error):
+    """The error a run that failed ends with: a stop acted on outside the training loops (which
+    word their own) says what was saved; running out of memory is OutOfMemory on every device."""
+    if isinstance(error, StopRequested):
+        return Interrupted(stop_message(context, error))
+    if is_out_of_memory(error):
+        return out_of_memory(error)
+    return error
 
 
 def stop_message(context, stop):
     """What a stop outside the training loops (which say it themselves) leaves to the user."""
-    name = getattr(stop, 'signal_name', None) or 'interrupted'
+    name = stop.signal_name or 'a stop request'
     last = context.experiment.resume_checkpoint
     if context.args.state in TRAINING_STATES and last.exists():
         return f'{name}: the last saved state is {last}; continue with the same command and --resume'
     return f'{name} during state {context.args.state}: nothing was saved to resume from; run the same command again'
 
 
+def out_of_memory(error):
+    return OutOfMemory(f'out of memory: {one_line(error)[:300]} (lower --batch-size, --crop-size or --eval-size, '
+                       f'use --precision bf16 or fp16, or fewer --workers for host memory)')
+
+
 def main(argv=None):
-    """Run; every expected failure is one line on stderr and its own exit status."""
+    """Run; every expected failure is one line on stderr and its own exit status. SIGINT and
+    SIGTERM ask the run to stop (utils/stopping.py); a run asked to stop never exits 0."""
+    stop = StopRequest()
+    with stop.on_signals():
+        status = run_to_the_end(argv, stop)
+        if status == 0 and stop:
+            print(f'stopped: {stop.signal_name} came as the run ended; it had finished its work', file=sys.stderr)
+            status = Interrupted.exit_status
+    return status
+
+
+def run_to_the_end(argv, stop):
+    """The run's exit status, having printed the one line of an expected failure."""
     try:
-        run(parse_args(argv), argv)
+        run(parse_args(argv), argv, stop)
     except RunError as error:
         return fail(error)
-    except KeyboardInterrupt as stop:   # before the run began, or a second signal
-        print(f'stopped: {getattr(stop, "signal_name", None) or "interrupted"}; nothing more was saved',
-              file=sys.stderr)
-        return Interrupted.exit_status
-    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
-        return fail(OutOfMemory(f'out of memory: {one_line(error)[:300]} (lower --batch-size or --crop-size, '
-                                f'use --precision bf16 or fp16, or fewer --workers for host memory)'))
     except Exception as error:
+        if is_out_of_memory(error):   # outside the run's experiment
+            return fail(out_of_memory(error))
         if not distributed.is_distributed_error(error):
             distributed.report_failure(f'{type(error).__name__}: {one_line(error)[:200]}')
             raise
@@ -410,5 +456,10 @@ def fail(error):
     return error.exit_status
 
 
+if __name__ == '__mp_main__':   # this file, imported by a loader worker that spawn or forkserver starts
+    sys.excepthook = quiet_when_stopped
+
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_status = main()
+    end_on_stop_signals(exit_status)   # the run has ended: a signal now only hastens the exit
+    sys.exit(exit_status)

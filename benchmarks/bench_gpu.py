@@ -65,7 +65,7 @@ import data_processing as dp
 from models import deeplab_v2
 from utils.cbc import PredictionStore, SampleBuffer, predict_unlabeled
 from utils.device import configure_backends, use_channels_last
-from utils.experiment import AUTOCAST_DTYPES, StopRequest
+from utils.experiment import AUTOCAST_DTYPES
 from utils.inference import upsample
 from utils.losses import DynamicLoss
 from utils.metrics import ConfusionMatrix
@@ -544,7 +544,7 @@ class Bench:
                 group['lr'] = LR
             state = TrainState(model, optimizer, build_scheduler(optimizer, steps), scaler, steps)
             train_loop(state, itertools.repeat(self.train_batch, steps), loss, runtime, hooks,
-                       val_every=steps + 1, save_every=0, stop=StopRequest(), num_classes=NUM_CLASSES,
+                       val_every=steps + 1, save_every=0, num_classes=NUM_CLASSES,
                        tag=f'bench-{precision}')
 
         self.memory.reset()
@@ -599,7 +599,7 @@ class Bench:
         def phase(batches):
             state = TrainState(model, optimizer, build_scheduler(optimizer, steps), scaler, steps)
             train_loop(state, batches, loss, runtime, quiet_hooks(self.device, lambda _: None),
-                       val_every=steps + 1, save_every=0, stop=StopRequest(), num_classes=NUM_CLASSES,
+                       val_every=steps + 1, save_every=0, num_classes=NUM_CLASSES,
                        tag=f'syncs-{precision}')
 
         phase(itertools.repeat(self.train_batch, steps))   # warm-up: cuDNN's search may synchronize

@@ -49,7 +49,7 @@ from common import (cpu_seconds, format_table, free_port, load_text, machine_tex
                     print_load_at_start, print_result, run_in_children, synchronize)
 from models import deeplab_v2
 from utils import distributed
-from utils.experiment import StopRequest, cpu_has_fast_bfloat16
+from utils.experiment import cpu_has_fast_bfloat16
 from utils.losses import DynamicLoss
 from utils.metrics import ConfusionMatrix
 from utils.training import (LoopHooks, Runtime, TrainState, build_optimizer, build_scheduler,
@@ -177,7 +177,7 @@ def measure(precision, config, device):
     reset_cuda_peak(device)
     train_loop(state, clocked_batches(batch, config['warmup'], config['steps'], device, marks),
                loss, runtime, stub_hooks(num_classes, device), val_every=total_steps + 1,
-               save_every=0, stop=StopRequest(), num_classes=num_classes, tag=f'bench-{precision}',
+               save_every=0, num_classes=num_classes, tag=f'bench-{precision}',
                train_model=runtime.parallel(model), frozen_bn=config['frozen_bn'])
     marks.append(clock(device))
     result['train_times'], result['train_cpu'] = step_times(marks)

@@ -20,6 +20,7 @@ from meta_device import HostReads, RefuseMixedDevices
 from utils.errors import InputError, Interrupted, TrainingDiverged
 from utils.losses import DynamicLoss
 from utils.metrics import ConfusionMatrix
+from utils.stopping import StopRequest
 from utils.synthetic import make_synthetic_voc
 from utils.training import (Fetched, LoopHooks, Runtime, StepBatch, TrainState, build_optimizer,
                             build_scheduler, fetch, train_loop, SKIPPED_STEPS_LIMIT)
@@ -101,7 +102,7 @@ def test_a_training_step_reads_the_device_once(monkeypatch):
         reads = HostReads(monkeypatch.setattr)
         with RefuseMixedDevices():
             train_loop(meta_state(steps), meta_batches(steps), DynamicLoss(0.0), Runtime(torch.device('meta')),
-                       quiet_hooks(), val_every=1000, save_every=0, stop=False, num_classes=3)
+                       quiet_hooks(), val_every=1000, save_every=0, num_classes=3)
         counts[steps] = reads.count
     assert counts[6] - counts[3] == 3, counts
 
@@ -146,7 +147,7 @@ def test_float16_skips_are_logged_and_a_long_run_of_them_stops_the_run():
     logged = []
     with pytest.raises(TrainingDiverged, match=f'overflowed at {SKIPPED_STEPS_LIMIT} steps in a row') as error:
         train_loop(state, cpu_batches(SKIPPED_STEPS_LIMIT + 5), OverflowingLoss(0.0), Runtime(torch.device('cpu')),
-                   quiet_hooks(logged.append), val_every=1000, save_every=0, stop=False, num_classes=3)
+                   quiet_hooks(logged.append), val_every=1000, save_every=0, num_classes=3)
     assert len(str(error.value).splitlines()) == 1
     skips = [line for line in logged if 'skipped the update' in line]
     assert len(skips) == SKIPPED_STEPS_LIMIT and 'step 1:' in skips[0]
@@ -159,7 +160,7 @@ def test_non_finite_gradients_without_loss_scaling_stop_before_the_update():
     before = {name: p.detach().clone() for name, p in state.model.named_parameters()}
     with pytest.raises(TrainingDiverged, match='gradients are NaN or infinite at step 1; stopped before the update'):
         train_loop(state, cpu_batches(4), OverflowingLoss(0.0), Runtime(torch.device('cpu')), quiet_hooks(),
-                   val_every=1000, save_every=0, stop=False, num_classes=3)
+                   val_every=1000, save_every=0, num_classes=3)
     assert all(torch.equal(before[name], p) for name, p in state.model.named_parameters())
 
 
@@ -182,13 +183,6 @@ class BrokenAfter:
         return next(self.batches)
 
 
-class Stop:
-    signal_name = None
-
-    def __bool__(self):
-        return self.signal_name is not None
-
-
 @pytest.mark.parametrize('kind', ['data error', 'stop'])
 def test_a_failure_fetching_the_next_batch_ends_the_run_after_the_completed_step(kind):
     """The next batch is fetched before the step's sync: its failure is learned there, the step
@@ -197,22 +191,22 @@ def test_a_failure_fetching_the_next_batch_ends_the_run_after_the_completed_step
     saved = []
     hooks = quiet_hooks()
     hooks.save_last = lambda s: saved.append(s.step) or 'last.pt'
-    stop = Stop()
+    stop = StopRequest()
     batches = BrokenAfter(cpu_batches(6), failing=3, error=InputError('x.png: cannot read label'),
                           stop=stop if kind == 'stop' else None)
     expected = InputError if kind == 'data error' else Interrupted
     with pytest.raises(expected):
-        train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu')), hooks,
-                   val_every=1000, save_every=0, stop=stop, num_classes=3)
+        train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu'), stop=stop), hooks,
+                   val_every=1000, save_every=0, num_classes=3)
     assert saved == [2] and state.step == 2, 'two steps were taken, then the state was saved'
 
 
 def test_fetch_reports_what_happened():
-    stop = Stop()
+    stop = StopRequest()
     stop.signal_name = 'SIGINT'
     assert fetch(iter([1]), stop).status == 1
     error = InputError('broken')
-    fetched = fetch(BrokenAfter(iter([]), 1, error=error), Stop())
+    fetched = fetch(BrokenAfter(iter([]), 1, error=error), StopRequest())
     assert fetched.status == 2 and fetched.error is error and fetched.valid_pixels == 0
     assert Fetched().valid_pixels == 0
 
@@ -354,7 +348,7 @@ def test_a_cuda_training_step_syncs_once(monkeypatch):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter('always')
                 train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cuda')), quiet_hooks(),
-                           val_every=1000, save_every=0, stop=False, num_classes=3)
+                           val_every=1000, save_every=0, num_classes=3)
         finally:
             torch.cuda.set_sync_debug_mode(0)
         steps[count] = sum('synchroniz' in str(warning.message) for warning in caught)

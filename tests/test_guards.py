@@ -4,8 +4,8 @@ training loops, and the original's defaults.
 
 Runs go through `main.main(argv)` in this process (a run of the tiny set takes seconds; starting a
 process costs seconds more); only the signal tests start processes. A stop inside a training loop
-is asked for by a stand-in for `stop_on_signals` that raises the flag after a number of steps,
-which is what SIGINT does there."""
+is asked for by a stand-in for the loop's `fetch` that sets the run's stop request after a number
+of steps, which is what SIGINT does there."""
 import json
 import os
 import re
@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,12 @@ import main
 import utils.context
 import utils.self_training
 import utils.supervised
+import utils.training
 from helpers import write_list
 from models import deeplab_v2
 from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.errors import InputError
-from utils.experiment import StopRequest
+from utils.files import FolderLock
 from utils.self_training import check_flags
 from utils.synthetic import make_synthetic_voc
 
@@ -57,26 +57,18 @@ def one_line(lines, *fragments):
     return lines[0]
 
 
-class StopAfter(StopRequest):
-    """A stop request that turns on after `checks` questions, one per training step: the loop
-    then saves its state and stops, as after SIGINT."""
+def stop_training_after(monkeypatch, steps):
+    """The training loop fetches the batch of step n + 1 during step n: the fetch after `steps`
+    steps finds the stop requested, as after SIGINT, and the loop saves its state and stops."""
+    real_fetch = utils.training.fetch
+    fetches = []
 
-    def __init__(self, checks):
-        super().__init__()
-        self.left = checks
-
-    def __bool__(self):
-        self.left -= 1
-        if self.left < 0:
-            self.signal_name = 'SIGINT'
-        return super().__bool__()
-
-
-def stop_training_after(monkeypatch, module, steps):
-    @contextmanager
-    def stand_in():
-        yield StopAfter(steps)
-    monkeypatch.setattr(module, 'stop_on_signals', stand_in)
+    def fetch(batches, stop):
+        fetches.append(1)
+        if len(fetches) > steps:
+            stop.signal_name = 'SIGINT'
+        return real_fetch(batches, stop)
+    monkeypatch.setattr(utils.training, 'fetch', fetch)
 
 
 def start_checkpoint(path, seed=0):
@@ -128,7 +120,7 @@ def stopped_supervised_run(capsys, monkeypatch, data_root, name='run1', steps=2)
     args = ['--state', 2, '--exp-name', name, '--data-root', data_root, '--init-epochs', 20,
             '--val-num-steps', 1000, '--save-every', 0, *TINY]
     with monkeypatch.context() as patch:
-        stop_training_after(patch, utils.supervised, steps)
+        stop_training_after(patch, steps)
         status, _, lines = run(capsys, *args)
     assert status == 130, lines
     assert load_checkpoint(Path('logs') / name / 'last.pt')['step'] == steps
@@ -184,7 +176,7 @@ def test_rerunning_a_finished_training_is_refused_unless_overwrite(root, work, c
     assert [path.read_bytes() for path in files] == before
 
     with monkeypatch.context() as patch:
-        stop_training_after(patch, utils.supervised, 1)
+        stop_training_after(patch, 1)
         status, _, lines = run(capsys, *args, '--overwrite')
     assert status == 130, lines
     assert [path.read_bytes() for path in files] == before, 'nothing replaced before the new files exist'
@@ -362,7 +354,7 @@ def test_a_resumed_round_whose_pseudo_labels_were_deleted_labels_again(root, wor
     args = ['--state', 1, '--exp-name', 'st', '--continue-from', 'start.pt', '--data-root', root,
             '--init-epochs', 0, '--iters', 1, '--st-epochs', 1, '--val-num-steps', 1000, '--save-every', 0, *TINY]
     with monkeypatch.context() as patch:
-        stop_training_after(patch, utils.self_training, 3)
+        stop_training_after(patch, 3)
         status, _, lines = run(capsys, *args)
     assert status == 130, lines
     assert load_checkpoint(work / 'logs' / 'st' / 'last.pt')['step'] == 3
@@ -436,3 +428,32 @@ def test_default_names_are_unique_and_free(tmp_path, monkeypatch):
         names.append(main.parse_args(['--state', '3']).exp_name)
         (tmp_path / "logs" / names[-1]).mkdir(parents=True, exist_ok=True)   # that run has begun
     assert names[0].startswith('20250101-120000') and len(set(names)) == 3
+
+
+def test_run_log_ends_with_how_the_run_ended(root, work, capsys, monkeypatch):
+    """run.log never said how a run ended. Its last line does now: finished, stopped, refused or
+    failed, with the exit status and the one line; a run refused because a live run holds the
+    name writes nothing into that run's log."""
+    def last_line(name):
+        return log_of(name).splitlines()[-1].split(' ', 2)[2]   # after the date and time
+
+    status, _, _ = run(capsys, '--state', 3, '--exp-name', 'ev', '--continue-from', 'sup.pt', '--data-root', root,
+                       *TINY)
+    assert status == 0 and last_line('ev') == 'ended: finished'
+    args = stopped_supervised_run(capsys, monkeypatch, root, name='st')
+    assert last_line('st') == ('ended: stopped (exit 130): SIGINT at step 2 of supervised: state saved to '
+                               'logs/st/last.pt; continue with the same command and --resume')
+    status, _, lines = run(capsys, *args, '--resume', '--lr', 0.01)
+    assert status == 2 and last_line('st') == f'ended: refused (exit 2): {lines[0].removeprefix("error: ")}'
+    status, _, lines = run(capsys, '--state', 2, '--exp-name', 'big', '--data-root', root, *TINY, '--crop-size',
+                           100000, 100000)
+    assert status == 6 and last_line('big') == f'ended: failed (exit 6): {lines[0].removeprefix("error: ")}'
+
+    held = FolderLock(Path('logs') / 'st' / 'lock').acquire('a live run')
+    try:
+        before = log_of('st')
+        status, _, lines = run(capsys, *args, '--resume')
+        assert status == 2 and 'in use by a live run' in lines[0]
+        assert log_of('st') == before
+    finally:
+        held.release()

@@ -14,8 +14,9 @@ LAYERS = [
     # 1b: no project imports but the constants and the device helpers
     {'utils.errors', 'utils.transforms', 'utils.losses', 'utils.metrics', 'utils.inference',
      'utils.failure_watch'},
-    # 2: writing files, several processes; reading images and labels as files say
-    {'utils.files', 'utils.distributed', 'utils.versions', 'utils.images', 'utils.label_encoding'},
+    # 2: writing files, several processes, stop signals; reading images and labels as files say
+    {'utils.files', 'utils.distributed', 'utils.versions', 'utils.stopping', 'utils.images',
+     'utils.label_encoding'},
     # 2b: a dataset as its description file says
     {'utils.dataset_description'},
     # 3: data (and the one list reader), network, checkpoints, experiment outputs and their checks

@@ -154,7 +154,7 @@ def test_weights_that_become_non_finite_stop_the_run_and_are_never_saved(tmp_pat
     batches = iter([step_batch(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))] * 5)
     with pytest.raises(Exception) as error:
         train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu')), hooks, val_every=1,
-                   save_every=1, stop=False, num_classes=3)
+                   save_every=1, num_classes=3)
     assert type(error.value).__name__ == 'TrainingDiverged'
     assert 'NaN or infinite' in str(error.value) or 'loss is' in str(error.value)
     assert all(saved), 'everything saved was finite: nothing is saved once the weights break'
@@ -181,7 +181,7 @@ def test_a_validation_that_failed_is_done_first_when_resumed(failing_step):
                           log=lambda message: None, scalar=lambda *a: None)
         batches = iter([step_batch(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))] * steps)
         train_loop(state, batches, DynamicLoss(0.0), Runtime(torch.device('cpu')), hooks, val_every=2,
-                   save_every=0, stop=False, num_classes=3)
+                   save_every=0, num_classes=3)
 
     def fresh_state():
         optimizer = build_optimizer(model, 0.001, 0.0)
@@ -498,7 +498,7 @@ def test_mixed_precision_training_on_cpu_is_close_to_float32():
         for step, batch in enumerate(batches):
             state.total_steps = step + 1
             train_loop(state, iter([batch]), DynamicLoss(0.0), Runtime(torch.device('cpu'), amp_dtype=dtype), hooks,
-                       val_every=100, save_every=0, stop=False, num_classes=5)
+                       val_every=100, save_every=0, num_classes=5)
         losses[name] = seen
     assert len(losses['fp32']) == 3
     for full, half in zip(losses['fp32'], losses['bf16']):

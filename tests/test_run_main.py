@@ -42,7 +42,7 @@ def test_argparse_exits_and_uncaught_exceptions_give_a_process_s_status(tmp_path
     status, _, stderr = run_main(tmp_path, '--state', 7)
     assert status == 2 and '--state' in stderr
 
-    def broken(args, argv):
+    def broken(*args):
         raise RuntimeError('not an expected failure')
 
     monkeypatch.setattr(main, 'run', broken)

@@ -329,7 +329,8 @@ def predict_unlabeled(model, loader, runtime, store, samples, protocol=Protocol(
     """The one forward pass over this rank's share: each map into `store`, every 16th pixel into
     `samples`. Logits are upsampled to the padded evaluation size, cut back to the image's own
     size, then softmaxed (the original upsampled to the 321 crop size: misaligned labels, spec
-    section 13). A data error is agreed with the other ranks after the pass.
+    section 13). A data error, or a stop request (asked between batches), is agreed with the other
+    ranks after the pass.
 
     The per-pixel work (upsampling, softmax, max) runs on the device; each batch's maps then go
     to pinned host memory behind it, and the host stores the previous batch's maps while the
@@ -339,8 +340,8 @@ def predict_unlabeled(model, loader, runtime, store, samples, protocol=Protocol(
     error = None
     in_flight = None
     try:
-        for batch in tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True,
-                          disable=None if runtime.is_main else True):
+        for batch in runtime.stop.until_stopped(tqdm(loader, desc='pseudo-labeling: predict', dynamic_ncols=True,
+                                                     disable=None if runtime.is_main else True)):
             images, _ = runtime.to_device(batch)
             maps = HostCopy(own_size_maps(model, images, batch['own_size'].tolist(), runtime, protocol))
             if in_flight is not None:
@@ -419,9 +420,11 @@ def write_one(store, dataset, folder, index, thresholds, with_quality):
     return int((label != IGNORE_INDEX).sum()), label.size, quality
 
 
-def write_labels(store, dataset, folder, indices, thresholds, with_quality, threads):
+def write_labels(store, dataset, folder, indices, thresholds, with_quality, threads, stop=None):
     """Write this rank's labels with `threads` threads (PNG encoding and fsync run outside the
-    GIL); returns labeled pixels, total pixels, the quality matrix and the unusable ground truths."""
+    GIL); returns labeled pixels, total pixels, the quality matrix and the unusable ground truths.
+    `stop` (a StopRequest) is asked before each label is handed to a thread: the labels already
+    handed over are written whole (each atomically), the rest not."""
     num_classes = dataset.info.num_classes
     labeled = total = 0
     quality = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -431,6 +434,9 @@ def write_labels(store, dataset, folder, indices, thresholds, with_quality, thre
         pending = {}
         progress = tqdm(total=len(indices), desc='pseudo-labeling: write', dynamic_ncols=True, disable=None)
         for position, index in enumerate(indices):
+            if stop:
+                first_error = stop.error()
+                break
             pending[index] = pool.submit(write_one, store, dataset, folder, index, thresholds, with_quality)
             # Keep a bounded window in flight, collected in order (the first error is reported).
             if len(pending) >= 4 * max(threads, 1) or position == len(indices) - 1:
@@ -624,7 +630,8 @@ def generate_pseudo_labels(model, dataset, loader, *, ratio, pseudo_label_dir, c
             with_quality = distributed.sum_numbers([0 if with_quality else 1])[0] == 0
             error, written = None, None
             try:
-                written = write_labels(store, dataset, folder, indices, thresholds, with_quality, threads)
+                written = write_labels(store, dataset, folder, indices, thresholds, with_quality, threads,
+                                       stop=runtime.stop)
             except RunError as failure:
                 error = failure
             distributed.agree_on_errors(error)

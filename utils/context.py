@@ -87,7 +87,8 @@ class RunContext:
         check_list_unchanged(dataset, (self.settings.get('lists') or {}).get(list_name))
         if mode != 'pseudo':
             report = check_dataset(dataset, self.experiment.base_dir / 'logs' / '.data-check',
-                                   threads=max(self.runtime.workers, 2), log=self.experiment.log)
+                                   threads=max(self.runtime.workers, 2), log=self.experiment.log,
+                                   stop=self.runtime.stop)
             if kind == 'eval' and info.base_size is None:
                 check_fits_canvas(dataset, report.sizes, tuple(self.args.eval_size or info.eval_size))
             self.note_checked(list_name, dataset, report)
@@ -163,6 +164,7 @@ class RunContext:
         model = deeplab_v2(self.info.num_classes, backbone=backbone,
                            head_branches=self.architecture['head_branches'], pretrained_backbone=pretrained)
         model = model.to(self.runtime.device)
+        self.runtime.stop_point()   # building (and downloading weights) takes seconds
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     def for_training(self, model):
@@ -198,6 +200,7 @@ class RunContext:
         check_classes(checkpoint, self.info, path)
         check_architecture(checkpoint, self.architecture, path)
         load_model_state(model, checkpoint, path)
+        self.runtime.stop_point()   # a large checkpoint takes seconds to load
         return checkpoint
 
     def checkpoint_extra(self, extra=None):
@@ -205,29 +208,33 @@ class RunContext:
                     classes=list(self.info.class_names))
 
     def save_best(self, model, step, best_miou, extra=None):
-        """Rank 0 writes; every rank learns whether the write failed."""
+        """Rank 0 writes; every rank learns whether the write failed. A stop signal meanwhile waits
+        for the write (as in `save_last`)."""
         error = None
         if self.runtime.is_main:
             try:
-                self.experiment.before_writing(self.experiment.best_checkpoint)   # takes the name over
-                save_checkpoint(self.experiment.best_checkpoint, model, step=step, best_miou=best_miou,
-                                num_classes=self.info.num_classes, settings=self.settings,
-                                extra=self.checkpoint_extra(extra))
+                with self.runtime.stop.saving():
+                    self.experiment.before_writing(self.experiment.best_checkpoint)   # takes the name over
+                    save_checkpoint(self.experiment.best_checkpoint, model, step=step, best_miou=best_miou,
+                                    num_classes=self.info.num_classes, settings=self.settings,
+                                    extra=self.checkpoint_extra(extra))
             except RunError as failure:
                 error = failure
         distributed.agree_on_errors(error)
 
     def save_last(self, state):
-        """The last-state checkpoint that --resume continues from (rank 0 writes)."""
+        """The last-state checkpoint that --resume continues from (rank 0 writes). No signal
+        interrupts it: a second Ctrl-C while it is written is only acknowledged."""
         error = None
         if self.runtime.is_main:
             try:
-                self.experiment.before_writing(self.experiment.resume_checkpoint)
-                save_checkpoint(self.experiment.resume_checkpoint, state.model, optimizer=state.optimizer,
-                                scheduler=state.scheduler, scaler=state.scaler, step=state.step,
-                                best_miou=state.best_miou, num_classes=self.info.num_classes,
-                                settings=self.settings,
-                                extra=self.checkpoint_extra({'train_state': dict(state.extra, total_steps=state.total_steps)}))
+                with self.runtime.stop.saving():
+                    self.experiment.before_writing(self.experiment.resume_checkpoint)
+                    train_state = dict(state.extra, total_steps=state.total_steps)
+                    save_checkpoint(self.experiment.resume_checkpoint, state.model, optimizer=state.optimizer,
+                                    scheduler=state.scheduler, scaler=state.scaler, step=state.step,
+                                    best_miou=state.best_miou, num_classes=self.info.num_classes,
+                                    settings=self.settings, extra=self.checkpoint_extra({'train_state': train_state}))
             except RunError as failure:
                 error = failure
         distributed.agree_on_errors(error)

@@ -11,8 +11,14 @@ project goes through these functions, so that the training step can be held to o
 so that a test can see them: on the `meta` device (tensors without data) any other read raises,
 and a test that replaces `to_host` runs the whole program with the network on `meta`, where a
 tensor left on the CPU meets one on the device and raises as it would on a GPU.
+
+And how much the device holds (`memory_available`), and whether an error says it ran out
+(`is_out_of_memory`, on every device).
 """
+import errno
 import math
+import os
+import resource
 
 import torch
 
@@ -111,3 +117,51 @@ def use_channels_last(device, amp_dtype):
     """Channels-last memory layout for convolutions under float16 or bfloat16 autocast on CUDA,
     where cuDNN's tensor-core kernels work in NHWC and would otherwise transpose every layer."""
     return device.type == 'cuda' and amp_dtype is not None
+
+
+# What an allocator's error says where its type does not: a CPU allocation that fails is a plain
+# RuntimeError; CUDA's comes as a RuntimeError too when it passed through a DataLoader worker.
+OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", 'DefaultCPUAllocator: not enough memory',
+                          'CUDA out of memory', 'CUDA error: out of memory')
+
+
+def is_out_of_memory(error):
+    """Does `error` say that the device or the host ran out of memory, on any device?
+
+    CUDA's OutOfMemoryError and Python's MemoryError (numpy's included) say it by their type; a
+    CPU allocation that fails raises a RuntimeError ("DefaultCPUAllocator: can't allocate
+    memory"), and an error of a DataLoader worker comes back re-raised with the worker's
+    traceback in its message ("Caught MemoryError in DataLoader worker process 0 ..."). A
+    process or thread that cannot start for lack of memory raises OSError ENOMEM.
+    """
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOMEM
+    if not isinstance(error, RuntimeError):
+        return False
+    text = str(error)
+    first_line = text.split('\n', 1)[0]
+    return (any(message in text for message in OUT_OF_MEMORY_MESSAGES)
+            or (first_line.startswith('Caught ') and 'MemoryError' in first_line))
+
+
+def memory_available(device):
+    """(bytes, what they are) that the device has at most, or None where that is unknown (meta,
+    ...): a GPU's total memory; on a CPU the physical memory, or the address-space limit
+    (ulimit -v) where it is lower. An upper bound of what a run can use, for refusing sizes
+    that cannot fit (utils/guards.py), never for admitting one."""
+    if device.type == 'cuda':
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory, f'{torch.cuda.get_device_name(index)}\'s memory'
+    if device.type != 'cpu':
+        return None
+    candidates = []
+    try:
+        candidates.append((os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'), 'physical memory'))
+    except (AttributeError, ValueError, OSError):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        candidates.append((limit, 'address space allowed (ulimit -v)'))
+    return min(candidates) if candidates else None

@@ -41,14 +41,14 @@ class OutOfMemory(RunError):
     exit_status = 6
 
 
-class SignalStop(KeyboardInterrupt):
-    """SIGINT or SIGTERM outside a training loop: the run stops at once, as after Ctrl-C. A
-    KeyboardInterrupt, so no `except Exception` on the way swallows it; it names the signal for
-    the one-line message."""
+class StopRequested(Interrupted):
+    """A stop request (utils/stopping.py) acted on at a safe point outside a training loop, which
+    words its own message: main.py rewords this one with what the run saved. On the other ranks
+    of a run of several processes the message names the rank that was asked."""
 
-    def __init__(self, signal_name):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
+    def __init__(self, message, signal_name=None):
+        super().__init__(message)
+        self.signal_name = signal_name or message
 
 
 class PeerFailure(RunError):

@@ -4,17 +4,13 @@ One `Experiment` per run names every output, so two experiments never write into
 files (the original shared `temp.pt` and one pseudo-label folder between runs).
 """
 import json
-import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from utils.errors import InputError, SignalStop
+from utils.errors import InputError, OutputError, RunError, one_line
 from utils.files import FolderLock, atomic_path, guarded_write, remove_stale_temporaries
 
 
@@ -149,11 +145,12 @@ class Experiment:
             self._writer = SummaryWriter(str(self.log_dir))
         return self._writer
 
-    def log(self, message):
-        """Print and keep in logs/<exp-name>/run.log (main process only)."""
+    def log(self, message, echo=True):
+        """Print (unless not `echo`) and keep in logs/<exp-name>/run.log (main process only)."""
         if not self.is_main:
             return
-        tqdm.write(message)
+        if echo:
+            tqdm.write(message)
         with guarded_write(self.log_dir / 'run.log', 'log'), open(self.log_dir / 'run.log', 'a') as file:
             file.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
 
@@ -221,62 +218,35 @@ class Experiment:
         with guarded_write(self.summary_log, 'log'), open(self.summary_log, 'a') as file:
             file.write(f'{self.name}: {best_miou * 100:.2f}\n')
 
-    def close(self):
+    def close(self, ending=None):
+        """The run is over; `ending` is what ended it (None: it finished), see `end`."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if self.is_main and not self.keep_best and self.best_checkpoint.exists():
             self.best_checkpoint.unlink()
+        self.end(ending)
+
+    def end(self, ending=None):
+        """Record how the run ended as the last line of run.log, then free the name.
+
+        Only while this process holds the experiment's lock: a run refused because a live run
+        holds the name never writes into that run's log. A log that cannot be written (a full
+        disk) must not hide what ended the run, so that failure is left out.
+        """
+        if self.lock.held:
+            try:
+                self.log(ending_line(ending), echo=False)
+            except OutputError:
+                pass
         self.lock.release()
 
 
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the training loop saves its last state and stops at the step's end."""
-
-    def __init__(self):
-        self.signal_name = None
-
-    def __bool__(self):
-        return self.signal_name is not None
-
-
-@contextmanager
-def signals_stop_the_run():
-    """For the whole run, SIGINT and SIGTERM raise a SignalStop (a KeyboardInterrupt naming the
-    signal) in the main thread, so every state ends on a stop with exit 130 and one line; left
-    alone, SIGTERM killed states 0 and 3 silently with 143. The training loops install their own
-    handlers inside (stop_on_signals), which save the state at the end of the step first."""
-    if sys.platform == 'win32' or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SignalStop(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextmanager
-def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a StopRequest for the duration of training (main thread only)."""
-    request = StopRequest()
-    if sys.platform == 'win32' or threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    def handler(signum, frame):
-        if request:  # a second signal means: stop now
-            raise KeyboardInterrupt
-        request.signal_name = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def ending_line(ending):
+    """run.log's last line: `ended: finished`, or how and why the run ended otherwise."""
+    if ending is None:
+        return 'ended: finished'
+    if isinstance(ending, RunError):
+        kind = {130: 'stopped', 2: 'refused'}.get(ending.exit_status, 'failed')
+        return f'ended: {kind} (exit {ending.exit_status}): {one_line(ending)}'
+    return f'ended: failed: {type(ending).__name__}: {one_line(ending)}'

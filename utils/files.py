@@ -167,6 +167,11 @@ class FolderLock:
         self._file = handle
         return self
 
+    @property
+    def held(self):
+        """Does this process hold the lock (acquired and not released)?"""
+        return self._file is not None
+
     def release(self):
         if self._file is not None:
             self._file.close()

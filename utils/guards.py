@@ -11,6 +11,8 @@ results.
   files, unless the user asks for it: `--resume` continues the same run, `--overwrite` lets the
   new run take the name over at its first replacing write (Experiment.take_over_name), never up
   front.
+- Sizes that cannot fit in the device's memory (`check_memory_fits`): a CPU run of a crop size
+  too large for the host spent its time up to the first step and then ended in a traceback.
 """
 import json
 import os
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils import distributed
-from utils.errors import InputError, OutputError, RunError
+from utils.device import memory_available
+from utils.errors import InputError, OutOfMemory, OutputError, RunError
 from utils.files import existing_ancestor, longest_name_fits
 
 TRAINING_STATES = (1, 2)        # they write the best checkpoint and last.pt
@@ -245,3 +248,63 @@ def check_name_once(experiment, args):
             error = failure
     distributed.agree_on_errors(error)
     return replaced
+
+
+# --- sizes that cannot fit ------------------------------------------------------------------------
+
+FLOAT32_BYTES = 4
+
+
+def memory_needs(args, info):
+    """[(flag and value, bytes, what)]: lower bounds of what one image of the run's work needs, for
+    the work this run will certainly do. A training image: its input (3 channels) and its class
+    scores at the crop size with their gradient; an evaluation or labeling image: its input padded
+    to --eval-size and its class scores there (the scores are upsampled to the label size,
+    float32, whatever the precision). The network's own activations come on top, uncounted."""
+    classes = info.num_classes
+    needs = []
+    if trains(args):
+        height, width = args.crop_size or info.crop_size
+        needs.append((f'--crop-size {height} {width}', height * width * FLOAT32_BYTES * (3 + 2 * classes),
+                      f'one training image (its input and the scores of {classes} classes with their '
+                      f'gradients, float32)'))
+    if info.base_size is None and (args.state != 2 or args.init_epochs > 0):
+        height, width = args.eval_size or info.eval_size
+        needs.append((f'--eval-size {height} {width}', height * width * FLOAT32_BYTES * (3 + classes),
+                      f'one evaluation image (its padded input and the scores of {classes} classes, float32)'))
+    return needs
+
+
+def trains(args):
+    """Will this run take a training step? State 2 for --init-epochs > 0; state 1 in its warm-up
+    (round 1 only) or in a round of more than 0 epochs."""
+    if args.state == 2:
+        return args.init_epochs > 0
+    if args.state != 1:
+        return False
+    rounds = [args.round - 1] if args.round else range(len(args.st_epochs))
+    warm_up = args.init_epochs > 0 and (args.round or 1) == 1
+    return warm_up or any(args.st_epochs[index] > 0 for index in rounds if index < len(args.st_epochs))
+
+
+def check_memory_fits(args, info, device):
+    """Refuse, before any work, a size that certainly cannot fit in the device's memory, naming
+    the flag, what one image needs and what there is (OutOfMemory, exit 6). Only a lower bound
+    is compared, so no run that could fit is refused; a run that passes may still run out, and
+    that is one line too (main.py)."""
+    available = memory_available(device)
+    if available is None:
+        return
+    have, where = available
+    for flag, need, what in memory_needs(args, info):
+        if need > have:
+            name = flag.split()[0]
+            raise OutOfMemory(f'{flag}: {what} needs at least {size_text(need)}, more than the {size_text(have)} '
+                              f'of {where} on {device}; lower {name}')
+
+
+def size_text(count):
+    """Bytes in GiB, or TiB when that is shorter."""
+    if count >= 1 << 40:
+        return f'{count / (1 << 40):.1f} TiB'
+    return f'{count / (1 << 30):.1f} GiB'

@@ -16,8 +16,7 @@ import torch
 from utils.cbc import (check_pseudo_labels, claim_folder_once, file_sha256, generate_pseudo_labels,
                        missing_pseudo_labels, reusable_pseudo_labels)
 from utils.context import describe_checkpoint, finish, scores_summary
-from utils.errors import InputError, Interrupted
-from utils.experiment import stop_on_signals
+from utils.errors import InputError, Interrupted, StopRequested
 from utils.losses import DynamicLoss
 from utils.supervised import train_supervised
 from utils.training import (EpochBatchSampler, StepBatch, TrainState, build_optimizer, build_scheduler,
@@ -186,7 +185,7 @@ def stopped_while_labeling(context, model, progress, resuming, stop):
     """A stop (SIGINT/SIGTERM) while a round labels: the round's start is saved, unless last.pt
     already holds a later point of this round, and the Interrupted to raise says how to go on."""
     path = context.experiment.resume_checkpoint if resuming else save_round_start(context, model, progress)
-    name = getattr(stop, 'signal_name', None) or 'an interrupt'
+    name = stop.signal_name or 'a stop request'
     return Interrupted(f'{name} while labeling round {progress.round + 1}: state saved to {path}; continue '
                        f'with the same command and --resume (the labeling is done again)')
 
@@ -222,11 +221,10 @@ def train_round(context, model, labeled_set, progress, steps, global_step, resum
         return {'phase': 'self_training', 'round': round_index, 'ratio': progress_ratio(context, round_index)}
 
     hooks = context.loop_hooks(network, best_extra)
-    with stop_on_signals() as stop:
-        train_loop(state, batches, DynamicLoss(args.gamma), context.runtime, hooks,
-                   val_every=args.val_num_steps, save_every=args.save_every, stop=stop,
-                   num_classes=context.info.num_classes, tag=f'round{round_index + 1}',
-                   step_offset=global_step, train_model=step_model, frozen_bn=args.frozen_bn)
+    train_loop(state, batches, DynamicLoss(args.gamma), context.runtime, hooks,
+               val_every=args.val_num_steps, save_every=args.save_every,
+               num_classes=context.info.num_classes, tag=f'round{round_index + 1}',
+               step_offset=global_step, train_model=step_model, frozen_bn=args.frozen_bn)
     return state
 
 
@@ -311,7 +309,7 @@ def run_self_training(context):
             save_round_start(context, model, progress)   # a later --resume starts the round afresh too
         try:
             report = label_round(context, model, unlabeled_set, progress, ratio, resuming)
-        except KeyboardInterrupt as stop:
+        except StopRequested as stop:
             raise stopped_while_labeling(context, model, progress, resuming, stop) from None
         for note in report.get('notes', []):
             context.warn(f'round {round_index + 1}: {note}', logged=True)

@@ -1,6 +1,5 @@
 """Supervised training on the labeled share (state 2, spec section 6)."""
 from utils.context import finish
-from utils.experiment import stop_on_signals
 from utils.losses import DynamicLoss
 from utils.training import (EpochBatchSampler, StepBatch, TrainState, build_optimizer, build_scheduler,
                             device_batch, restore_state, train_loop)
@@ -45,10 +44,9 @@ def train_supervised(context, model, epochs, resume=None, phase='supervised', ba
         return state
     sampler = EpochBatchSampler(len(dataset), batch_size, context.seed(1), start_batch=state.step,
                                 num_batches=total_steps)
-    with stop_on_signals() as stop:
-        train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.runtime, context.crop_size),
-                   DynamicLoss(0.0), context.runtime, hooks, val_every=val_every, save_every=args.save_every,
-                   stop=stop, num_classes=context.info.num_classes, tag=phase, train_model=step_model, frozen_bn=args.frozen_bn)
+    train_loop(state, labeled_batches(context.batch_loader(dataset, sampler), context.runtime, context.crop_size),
+               DynamicLoss(0.0), context.runtime, hooks, val_every=val_every, save_every=args.save_every,
+               num_classes=context.info.num_classes, tag=phase, train_model=step_model, frozen_bn=args.frozen_bn)
     return state
 
 

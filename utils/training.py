@@ -14,6 +14,7 @@ the others waiting in a collective.
 """
 import contextlib
 import math
+import multiprocessing
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from utils.errors import InputError, Interrupted, RunError, TrainingDiverged
 from utils.experiment import AUTOCAST_DTYPES
 from utils.inference import Protocol, class_scores, upsample
 from utils.metrics import ConfusionMatrix
+from utils.stopping import StopRequest, stop_signals_blocked, worker_ignores_stops
 
 MASK64 = (1 << 64) - 1
 
@@ -99,11 +101,23 @@ def make_loader(dataset, batch_sampler=None, batch_size=1, workers=0, device=Non
     loader every few hundred steps; starting workers each time costs seconds).
     """
     options = dict(num_workers=workers, pin_memory=device is not None and device.type == 'cuda',
-                   collate_fn=collate, persistent_workers=persistent and workers > 0)
+                   collate_fn=collate, persistent_workers=persistent and workers > 0,
+                   worker_init_fn=worker_ignores_stops if workers > 0 else None)
     if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **options)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       sampler=distributed.shard(range(len(dataset))), **options)
+        return Loader(dataset, batch_sampler=batch_sampler, **options)
+    return Loader(dataset, batch_size=batch_size, shuffle=False,
+                  sampler=distributed.shard(range(len(dataset))), **options)
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers never act on a stop signal (utils/stopping.py): they start with
+    SIGINT and SIGTERM blocked and set themselves up to ignore them, so Ctrl-C, which reaches the
+    whole process group, neither prints their tracebacks nor makes the loader fail."""
+
+    def __iter__(self):
+        context = self.multiprocessing_context or multiprocessing
+        with stop_signals_blocked(context.get_start_method() if self.num_workers else 'fork'):
+            return super().__iter__()
 
 
 def collate(items):
@@ -136,17 +150,24 @@ def build_scheduler(optimizer, total_steps):
 @dataclass
 class Runtime:
     """How tensors are computed: device, autocast dtype (None = off), memory layout, loader
-    workers, and this process's place among several (rank 0 of 1 in a plain run)."""
+    workers, and this process's place among several (rank 0 of 1 in a plain run); and the stop
+    request that every loop asks at its safe points (utils/stopping.py)."""
     device: torch.device
     amp_dtype: torch.dtype | None = None
     workers: int = 0
     rank: int = 0
     world_size: int = 1
     channels_last: bool = False
+    stop: StopRequest = field(default_factory=StopRequest)
 
     @property
     def is_main(self):
         return self.rank == 0
+
+    def stop_point(self):
+        """A safe point between pieces of work that every rank reaches (start-up's boundaries): a
+        stop requested on any rank ends the run here on all of them."""
+        distributed.agree_on_errors(self.stop.error() if self.stop else None)
 
     @property
     def precision(self):
@@ -227,7 +248,8 @@ def evaluate(model, loader, num_classes, runtime, desc='evaluate', protocol=Prot
     confusion = ConfusionMatrix(num_classes, device=runtime.device)
     error = None
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        for batch in runtime.stop.until_stopped(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                                                     disable=None)):
             images, labels = runtime.to_device(batch)
             scores = class_scores(model, images, labels.shape[-2:], runtime, protocol)
             confusion.update(labels, scores.argmax(1), check=False)
@@ -322,18 +344,21 @@ class Fetched:
 
 def fetch(batches, stop):
     """The next batch (already on its way to the device), a stop request, or the data error that
-    fetching raised (a broken file, or a loader worker killed by Ctrl-C): all ranks learn of it
-    at the step's one reduction before anything depends on it."""
+    fetching raised (a broken file): all ranks learn of it at the step's one reduction before
+    anything depends on it. A stop that comes while the batch is fetched (waiting for loader
+    workers that are still starting) drops the batch: the step is not taken, and a resumed run
+    fetches the same batch again; a loader error once a stop is requested is the stop."""
     if stop:
         return Fetched(status=STATUS_STOP)
     try:
-        return Fetched(batch=next(batches))
+        batch = next(batches)
     except InputError as error:
         return Fetched(status=STATUS_ERROR, error=error)
     except Exception:
-        if stop:   # Ctrl-C reached the loader workers too
+        if stop:
             return Fetched(status=STATUS_STOP)
         raise
+    return Fetched(status=STATUS_STOP) if stop else Fetched(batch=batch)
 
 
 @dataclass
@@ -368,13 +393,14 @@ def agree_on_step(runtime, fetched, loss_sum=None, gradients_flag=None, weights_
     return StepReport(loss, gradients > 0, weights > 0, int(count), int(stops), int(errors))
 
 
-def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every, stop,
+def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every,
                num_classes, tag='train', step_offset=0, train_model=None, frozen_bn=False):
     """Run steps state.step .. total_steps-1 of one phase.
 
     `batches` yields StepBatch (device tensors; an empty one for an empty share). Validates every
     `val_every` steps and at the last step; saves the last state every `save_every` steps, on a
-    stop request (then raises Interrupted) and before a data error ends the run.
+    stop request (runtime.stop, asked before each batch is fetched and between validation
+    batches; then raises Interrupted) and before a data error ends the run.
 
     One host sync per step (`agree_on_step`), after the backward pass and before the update: the
     next batch is fetched and its copy started before it, so the GPU has work queued while the
@@ -388,6 +414,7 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
     """
     model = state.model
     train_model = train_model or model
+    stop = runtime.stop
     set_train_mode(train_model, frozen_bn)
     train_confusion = ConfusionMatrix(num_classes, device=runtime.device)
     train_confusion.matrix += torch.as_tensor(state.extra.pop('train_confusion', 0)).to(runtime.device)
@@ -426,9 +453,7 @@ def train_loop(state, batches, loss_fn, runtime, hooks, *, val_every, save_every
                 save_last()   # the state after the last completed step is whole
                 distributed.agree_on_errors(fetched.error)
             if report.stops:
-                path = save_last()
-                raise Interrupted(f'{stop.signal_name or "a stop request"} at step {state.step} of {tag}: '
-                                  f'state saved to {path}; continue with the same command and --resume')
+                raise stopped(stop.signal_name, tag, state.step, save_last())
             batch, total_pixels = fetched.batch, report.next_valid_pixels
             loss_sum, logits = local_loss(train_model, batch, loss_fn, runtime)
             # DDP averages gradients over ranks, hence the factor: the sum over ranks of
@@ -515,6 +540,12 @@ class Skips:
         self.in_a_row = 0
 
 
+def stopped(signal_name, tag, step, path, during=''):
+    """The one line of a training phase that stopped after saving its state."""
+    return Interrupted(f'{signal_name or "a stop request"} at step {step} of {tag}{during}: state saved to {path}; '
+                       f'continue with the same command and --resume')
+
+
 def weights_diverged(tag, state):
     return TrainingDiverged(
         f'{tag}: the weights became NaN or infinite at step {state.step} (learning rate '
@@ -541,6 +572,11 @@ def validate_now(state, hooks, train_confusion, tag, global_step, save_last):
         state.extra['validation_pending'] = True
         save_last()
         raise
+    except Interrupted as stop:
+        # A stop between validation batches: the same, the run ends after the save.
+        state.extra['validation_pending'] = True
+        raise stopped(getattr(stop, 'signal_name', None), tag, state.step, save_last(),
+                      ' (during its validation, done first when resumed)') from None
     for name, value in (('pixel_accuracy', scores.pixel_accuracy), ('miou', scores.miou)):
         hooks.scalar(f'val/{name}', value, global_step)
     if not math.isnan(train_scores.miou):
