@@ -22,10 +22,23 @@ Refused in one line: a checkpoint for another class count or other classes than 
 output folder inside an input folder (or an input inside it), and a folder holding earlier
 outputs (unless --overwrite).
 """
+import os
+import signal
 import sys
 
 if sys.version_info < (3, 10):
     sys.exit(f'error: Python {sys.version.split()[0]} is older than 3.10, the oldest this program runs on')
+
+
+def end_at_once_on_stop_signals(signum, frame):
+    """Until the run's own handler is in place (utils/stopping.py): nothing is written yet."""
+    os.write(2, f'stopped: {signal.Signals(signum).name} while the program started; nothing was written\n'.encode())
+    os._exit(130)
+
+
+if __name__ == '__main__':   # not in a spawned loader worker, which imports this file as __mp_main__
+    for _number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_number, end_at_once_on_stop_signals)
 
 import argparse
 import csv
@@ -350,7 +363,8 @@ def predict(model, dataset, inputs, runtime, protocol, args, writer):
     window_protocol = Protocol(scales=protocol.scales, flip=protocol.flip,
                                window=protocol.window or dataset.canvas, stride=protocol.stride)
     with torch.no_grad():
-        for batch in tqdm(loader, desc='predict', dynamic_ncols=True, disable=None if runtime.is_main else True):
+        batches = tqdm(loader, desc='predict', dynamic_ncols=True, disable=None if runtime.is_main else True)
+        for batch in runtime.stop.until_stopped(batches):
             images, _ = runtime.to_device(batch)
             alone = bool(batch['oversize'][0])
             chosen = window_protocol if alone else protocol
@@ -390,7 +404,7 @@ def write_summary(out, rows, info, args, checkpoint_path, checkpoint_sha256, inp
         'seconds': round(seconds, 3)})
 
 
-def run(args):
+def run(args, stop):
     import torch
     import torchvision
 
@@ -398,7 +412,7 @@ def run(args):
     from utils import distributed
     from utils.cbc import file_sha256
     from utils.device import configure_backends, use_channels_last
-    from utils.errors import InputError
+    from utils.errors import InputError, Interrupted, StopRequested
     from utils.evaluation import protocol_from_flags
     from utils.experiment import AUTOCAST_DTYPES, choose_device, resolve_precision
     from utils.training import Runtime
@@ -418,8 +432,9 @@ def run(args):
     precision = resolve_precision(args.precision, args.mixed_precision, device)
     runtime = Runtime(device=device, amp_dtype=AUTOCAST_DTYPES[precision], workers=args.workers,
                       rank=distributed.rank(), world_size=distributed.world_size(),
-                      channels_last=use_channels_last(device, AUTOCAST_DTYPES[precision]))
+                      channels_last=use_channels_last(device, AUTOCAST_DTYPES[precision]), stop=stop)
     model, checkpoint = load_network(args.checkpoint, info, runtime)
+    runtime.stop_point()
     coco = bool(recorded_setting(checkpoint, 'coco')) if args.coco is None else args.coco
     eval_size = args.eval_size or recorded_setting(checkpoint, 'eval_size') or info.eval_size
     dataset = dp.ImageFiles(info, inputs.paths, sizes, coco=coco, eval_size=eval_size)
@@ -428,6 +443,12 @@ def run(args):
     writer = Writer(args.out, info, args, max(args.workers, 1))
     try:
         predict(model, dataset, inputs, runtime, protocol, args, writer)
+    except StopRequested:
+        with stop.saving():
+            written = len(writer.finish())
+        raise Interrupted(f'{stop.signal_name}: {written} of {len(inputs.paths)} images were predicted into '
+                          f'{args.out}, each one\'s files complete; run the same command with --overwrite to '
+                          f'predict them all') from None
     finally:
         rows = writer.finish()
     rows = [row for part in distributed.gather_objects(rows) for row in part]
@@ -439,21 +460,36 @@ def run(args):
 
 
 def main(argv=None):
-    """Every expected failure is one line on stderr and an exit status, as in main.py."""
+    """Every expected failure is one line on stderr and an exit status, as in main.py; SIGINT and
+    SIGTERM ask the run to stop between batches (utils/stopping.py)."""
     from utils import distributed
-    from utils.errors import RunError, one_line
+    from utils.device import is_out_of_memory
+    from utils.errors import Interrupted, RunError, StopRequested, one_line
+    from utils.stopping import StopRequest
 
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except RunError as error:
-        print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
-        return error.exit_status
-    except KeyboardInterrupt:
-        print('stopped: interrupted; the predictions written so far are complete files', file=sys.stderr)
-        return 130
-    finally:
-        distributed.shutdown()
+    stop = StopRequest()
+    with stop.on_signals():
+        try:
+            run(args, stop)
+        except StopRequested:
+            print(f'stopped: {stop.signal_name} as predict.py started; nothing was written', file=sys.stderr)
+            return Interrupted.exit_status
+        except RunError as error:
+            print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
+            return error.exit_status
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            print(f'error: out of memory: {one_line(error)[:300]} (lower --batch-size or --eval-size, or use '
+                  f'--sliding-window)', file=sys.stderr)
+            return 6
+        finally:
+            distributed.shutdown()
+        if stop:
+            print(f'stopped: {stop.signal_name} came as predict.py ended; every prediction was written',
+                  file=sys.stderr)
+            return Interrupted.exit_status
     return 0
 
 
