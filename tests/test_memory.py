@@ -57,8 +57,8 @@ def test_the_memory_check_refuses_only_what_certainly_cannot_fit(monkeypatch):
     voc = VOC
     needs = dict((flag, need) for flag, need, _ in memory_needs(main.parse_args(['--state', '2']), voc))
     assert needs == {'--crop-size 321 321': 321 * 321 * 4 * (3 + 2 * 21), '--eval-size 505 505': 505 * 505 * 4 * 24}
-    no_steps = main.parse_args(['--state', '2', '--init-epochs', '0', '--crop-size', '100000', '100000'])
-    assert memory_needs(no_steps, voc) == []
+    no_steps = main.parse_args(['--state', '3', '--crop-size', '100000', '100000'])
+    assert [flag for flag, _, _ in memory_needs(no_steps, voc)] == ['--eval-size 505 505']
     rounds = ['--state', '1', '--iters', '2', '--init-epochs', '0', '--crop-size', '100000', '100000']
     assert [flag for flag, _, _ in memory_needs(main.parse_args([*rounds, '--st-epochs', '0', '0']), voc)] == \
         ['--eval-size 505 505']
