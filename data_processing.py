@@ -17,7 +17,7 @@ from PIL import Image
 
 from utils import transforms as T
 from utils.dataset_description import (COCO, DESCRIPTIONS_DIR, IMAGENET, SHIPPED, DatasetInfo,  # noqa: F401
-                                       full_resolution, get_dataset_info, resolve_root, voc_palette)
+                                       file_name, full_resolution, get_dataset_info, resolve_root, voc_palette)
 from utils.errors import InputError
 from utils.images import read_image
 
@@ -334,7 +334,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def pseudo_label_path(pseudo_label_dir, name):
-    return Path(pseudo_label_dir) / f'{name}.png'
+    return Path(pseudo_label_dir) / file_name(f'{name}.png')
 
 
 def build_transforms(info, kind, coco=False, crop_size=None, eval_size=None):

@@ -29,10 +29,10 @@ from PIL import Image
 from utils.dataset_description import FORMAT, MAX_CLASSES, read_description
 from utils.errors import InputError
 from utils.files import atomic_path
+from utils.images import IMAGE_EXTENSIONS
 from utils.label_encoding import LOSSY_FORMATS, SINGLE_CHANNEL_MODES
 from utils.labels import IGNORE_INDEX
 
-IMAGE_EXTENSIONS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif'}
 SEPARATORS = '._-'
 SUBSET_FOLDERS = ('train', 'val')
 LARGEST_PADDED_SIDE = 1024     # beyond it evaluation resizes instead of padding to a canvas

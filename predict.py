@@ -49,7 +49,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-IMAGE_EXTENSIONS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif'}
 LIST_EXTENSIONS = {'.txt', '.lst'}
 OUTPUT_FOLDERS = ('index', 'color', 'overlay', 'confidence')
 SUMMARY_NAMES = ('summary.csv', 'summary.json', 'predictions.json')
@@ -163,6 +162,8 @@ def glob_base(pattern):
 
 
 def add_file(inputs, path, stem):
+    from utils.images import IMAGE_EXTENSIONS
+
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         inputs.skip(path, 'not an image file')
         return
@@ -259,7 +260,7 @@ def load_network(checkpoint_path, info, runtime):
     """The checkpoint's network on the device, in eval mode; a checkpoint for another class count
     or other classes than the dataset's is refused, naming both."""
     from models import deeplab_v2
-    from utils.checkpoints import load_checkpoint, load_model_state
+    from utils.checkpoints import check_classes, load_checkpoint, load_model_state
     from utils.errors import InputError
 
     checkpoint = load_checkpoint(checkpoint_path)
@@ -269,10 +270,7 @@ def load_network(checkpoint_path, info, runtime):
         raise InputError(f'{checkpoint_path}: checkpoint has {count} classes but {info.description or info.name} '
                          f'has {info.num_classes} ({", ".join(info.class_names)}); pass the --dataset it was '
                          f'trained for')
-    recorded = checkpoint.get('classes')
-    if recorded and list(recorded) != list(info.class_names):
-        raise InputError(f'{checkpoint_path}: checkpoint was trained for the classes {", ".join(recorded)}, but '
-                         f'{info.description or info.name} names {", ".join(info.class_names)}')
+    check_classes(checkpoint, info, checkpoint_path)
     architecture = checkpoint.get('architecture') or {}
     model = deeplab_v2(info.num_classes, backbone=architecture.get('backbone', 'resnet101'),
                        head_branches=architecture.get('head_branches', 2))
@@ -282,14 +280,6 @@ def load_network(checkpoint_path, info, runtime):
         import torch
         model = model.to(memory_format=torch.channels_last)
     return model, checkpoint
-
-
-def recorded_setting(checkpoint, key):
-    for section in ('validation', 'settings'):
-        values = checkpoint.get(section)
-        if isinstance(values, dict) and values.get(key) is not None:
-            return values[key]
-    return None
 
 
 class Writer:
@@ -411,6 +401,7 @@ def run(args, stop):
     import data_processing as dp
     from utils import distributed
     from utils.cbc import file_sha256
+    from utils.checkpoints import recorded_setting
     from utils.device import configure_backends, use_channels_last
     from utils.errors import InputError, Interrupted, StopRequested
     from utils.evaluation import protocol_from_flags

@@ -505,16 +505,6 @@ class PanelInputError(Exception):
     naming the file where there is one."""
 
 
-def _recorded(checkpoint, key):
-    """What the run that wrote `checkpoint` used for `key` (its validation first: that is how
-    its scores were measured), or None."""
-    for section in ('validation', 'settings'):
-        values = checkpoint.get(section)
-        if isinstance(values, dict) and values.get(key) is not None:
-            return values[key]
-    return None
-
-
 def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val', image_ids=None,
                    count=PANELS_DEFAULT_COUNT, pseudo_dir=None, coco=None, eval_size=None,
                    device='cpu'):
@@ -537,7 +527,7 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
 
     import data_processing as dp
     from models import deeplab_v2
-    from utils.checkpoints import load_checkpoint, load_model_state
+    from utils.checkpoints import check_classes, load_checkpoint, load_model_state, recorded_setting
     from utils.errors import InputError
     from utils.inference import class_scores
     from utils.training import Runtime
@@ -549,10 +539,7 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
         if stored_classes != info.num_classes:
             raise InputError(f'{checkpoint_path}: checkpoint has {stored_classes} classes but '
                              f'{info.title} ({chosen_by}) has {info.num_classes}; pass --dataset')
-        recorded_classes = checkpoint.get('classes')
-        if recorded_classes and list(recorded_classes) != list(info.class_names):
-            raise InputError(f'{checkpoint_path}: checkpoint was trained for the classes '
-                             f'{", ".join(recorded_classes)}, not those of {info.title} ({chosen_by}); pass --dataset')
+        check_classes(checkpoint, info, checkpoint_path)
         architecture = checkpoint.get('architecture') or {}
         model = deeplab_v2(int(stored_classes),
                            backbone=architecture.get('backbone', DEFAULT_BACKBONE),
@@ -566,8 +553,8 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
             raise InputError(f'--device {device}: CUDA is not available here')
         model.to(runtime.device).eval()
 
-        coco = bool(_recorded(checkpoint, 'coco')) if coco is None else coco
-        eval_size = tuple(eval_size or _recorded(checkpoint, 'eval_size') or info.eval_size)
+        coco = bool(recorded_setting(checkpoint, 'coco')) if coco is None else coco
+        eval_size = tuple(eval_size or recorded_setting(checkpoint, 'eval_size') or info.eval_size)
         root = dp.resolve_root(info, data_root)
         list_path = find_panel_list(info, root, list_name, chosen_by)
         names = dp.read_list(list_path)
@@ -624,6 +611,7 @@ def panel_dataset(checkpoint, dataset=None):
     """(DatasetInfo, why it was chosen): --dataset, else the description the checkpoint's run
     read (when it is still there), else its recorded shipped dataset name, else VOC."""
     import data_processing as dp
+    from utils.checkpoints import recorded_setting
 
     if dataset:
         return dp.get_dataset_info(dataset), f'--dataset {dataset}'
@@ -631,7 +619,7 @@ def panel_dataset(checkpoint, dataset=None):
     description = settings.get('dataset_description')
     if description and Path(description).is_file():
         return dp.get_dataset_info(description), 'the dataset the checkpoint was trained on'
-    name = _recorded(checkpoint, 'dataset')
+    name = recorded_setting(checkpoint, 'dataset')
     if name in dp.SHIPPED:
         return dp.get_dataset_info(name), 'the dataset the checkpoint was trained on'
     return dp.get_dataset_info('voc'), 'the default, voc'

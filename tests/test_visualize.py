@@ -530,3 +530,47 @@ def test_the_figures_from_results_files_do_not_load_torch():
                                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == 'False\n'
+
+
+def test_panels_name_a_dataset_mismatch_rather_than_a_missing_list(tiny_run, tmp_path, capsys):
+    """Issue 20: a Cityscapes checkpoint shown on a VOC root said "list val.txt not found"."""
+    import torch
+
+    from models import deeplab_v2
+    from utils.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    city = tmp_path / 'city.pt'
+    save_checkpoint(city, deeplab_v2(19, backbone='resnet14'), num_classes=19,
+                    settings={'dataset': 'city'}, extra={'architecture': {'backbone': 'resnet14', 'head_branches': 2}})
+    assert main(['panels', '--checkpoint', str(city), '--data-root', str(tiny_run['root']), '--eval-size',
+                 *map(str, EVAL_SIZE), '--out', str(tmp_path / 'out.png')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith(f'error: {tiny_run["root"]} holds no Cityscapes dataset '
+                                                   f'(no data_lists/ folder), but Cityscapes is the dataset the '
+                                                   f'checkpoint was trained on'), err
+    assert 'pass --dataset' in err and not (tmp_path / 'out.png').exists()
+
+
+def test_panels_find_a_non_ascii_id_under_the_c_locale(tiny_run, tmp_path):
+    """Issue 20: under LC_ALL=C PYTHONUTF8=0 a non-ASCII --images id was "not found": the command
+    line came in as ASCII with escapes while lists are read as UTF-8."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / 'voc'
+    shutil.copytree(tiny_run['root'], root)
+    name = 'café_0'
+    for folder, suffix in (('JPEGImages', '.jpg'), ('SegmentationClassAug', '.png')):
+        shutil.copy(root / folder / f'synth_val_0000{suffix}', root / folder / f'{name}{suffix}')
+    with open(root / 'ImageSets' / 'Segmentation' / 'val.txt', 'a', encoding='utf-8') as file:
+        file.write(f'{name}\n')
+    environment = dict(os.environ, LC_ALL='C', PYTHONUTF8='0', PYTHONCOERCECLOCALE='0')
+    completed = subprocess.run([sys.executable, str(REPO_ROOT / 'visualize.py'), 'panels', '--checkpoint',
+                                str(tiny_run['checkpoint']), '--data-root', str(root), '--images', name,
+                                '--eval-size', *map(str, EVAL_SIZE), '--out', str(tmp_path / 'out.png')],
+                               capture_output=True, env=environment, timeout=300)
+    assert completed.returncode == 0, completed.stderr.decode(errors='replace')
+    assert (tmp_path / 'out.png').stat().st_size > 0

@@ -340,3 +340,25 @@ def load_model_state(model: nn.Module, checkpoint: Mapping, path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise InputError(f'{path}: cannot load into the model ({_one_line(error)})') from error
+
+
+def check_classes(checkpoint, info, path):
+    """A checkpoint that records its class names must have this dataset's (the count alone is
+    checked by load_checkpoint): a network for other classes would load and score nonsense."""
+    recorded = checkpoint.get('classes')
+    if not recorded or list(recorded) == list(info.class_names):
+        return
+    differ = next(index for index, (have, want) in enumerate(zip(recorded, info.class_names)) if have != want)
+    raise InputError(f'{path}: checkpoint was trained for the classes {", ".join(recorded)}, but '
+                     f'{info.description or info.name} names {", ".join(info.class_names)} (class {differ}: '
+                     f'{recorded[differ]!r} there, {info.class_names[differ]!r} here)')
+
+
+def recorded_setting(checkpoint, key):
+    """What the run that wrote `checkpoint` used for `key`: its validation first (how its scores
+    were measured), then its settings; None when neither records it."""
+    for section in ('validation', 'settings'):
+        values = checkpoint.get(section)
+        if isinstance(values, dict) and values.get(key) is not None:
+            return values[key]
+    return None

@@ -15,7 +15,7 @@ import data_processing as dp
 from models import deeplab_v2
 from utils import distributed
 from utils.cbc import file_sha256, names_digest
-from utils.checkpoints import load_checkpoint, load_model_state, save_checkpoint
+from utils.checkpoints import check_classes, load_checkpoint, load_model_state, save_checkpoint
 from utils.data_check import check_dataset
 from utils.errors import InputError, RunError
 from utils.experiment import Experiment
@@ -359,18 +359,6 @@ def check_fits_canvas(dataset, sizes, canvas):
 
 def normalise(value):
     return list(value) if isinstance(value, tuple) else value
-
-
-def check_classes(checkpoint, info, path):
-    """A checkpoint that records its class names must have this dataset's (the count alone is
-    checked by load_checkpoint): a network for other classes would load and score nonsense."""
-    recorded = checkpoint.get('classes')
-    if not recorded or list(recorded) == list(info.class_names):
-        return
-    differ = next(index for index, (have, want) in enumerate(zip(recorded, info.class_names)) if have != want)
-    raise InputError(f'{path}: checkpoint was trained for the classes {", ".join(recorded)}, but '
-                     f'{info.description or info.name} names {", ".join(info.class_names)} (class {differ}: '
-                     f'{recorded[differ]!r} there, {info.class_names[differ]!r} here)')
 
 
 def check_architecture(checkpoint, architecture, path):

@@ -130,10 +130,20 @@ class DatasetInfo:
         return table.get(Path(list_name).stem, table.get('default', ''))
 
     def image_path(self, root, name, subset):
-        return Path(root) / self.image_template.format(id=name, subset=subset)
+        return Path(root) / file_name(self.image_template.format(id=name, subset=subset))
 
     def label_path(self, root, name, subset):
-        return Path(root) / self.label_template.format(id=name, subset=subset)
+        return Path(root) / file_name(self.label_template.format(id=name, subset=subset))
+
+
+def file_name(text):
+    """The path the file system knows for UTF-8 text: the text itself in a UTF-8 locale; under an
+    ASCII one (LC_ALL=C without UTF-8 mode) Python names non-ASCII files by their bytes as escapes,
+    so a list's non-ASCII id (lists are UTF-8 whatever the locale) names its file there too."""
+    try:
+        return os.fsdecode(text.encode('utf-8', 'surrogateescape'))
+    except UnicodeError:
+        return text
 
 
 def full_resolution(info):

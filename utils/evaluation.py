@@ -14,6 +14,7 @@ from PIL import Image
 
 from utils import distributed
 from utils.context import describe_checkpoint, finish, scores_summary
+from utils.dataset_description import file_name
 from utils.device import host_values, to_host
 from utils.inference import Protocol
 from utils.metrics import format_table
@@ -44,7 +45,7 @@ class PredictionWriter:
                                                      batch['own_size'].tolist(), batch['file_size'].tolist()):
             scores_one = scores_at_file_size(scores_one, own, file_size)
             prediction = to_host(class_maximum(scores_one)[1].to(torch.uint8)).numpy()
-            name = self.dataset.names[index]
+            name = file_name(self.dataset.names[index])
             save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
             if self.raw_values is not None:
                 save_png(Image.fromarray(self.raw_values[prediction], mode='L'),

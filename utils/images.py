@@ -34,6 +34,8 @@ from PIL import Image
 
 from utils.errors import InputError
 
+# The file names a folder of images is searched for (describe_dataset.py, predict.py).
+IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif'})
 SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L')
 ALPHA_MODES = ('LA', 'PA', 'RGBA')
 CONVERTED_MODES = ('1', 'L', 'P', 'CMYK')
