@@ -6,7 +6,10 @@ lets the rest of the program load it like any of its own checkpoints. Tensors wh
 differ (Cityscapes' 19-class head against COCO-VOC's 21) keep their random initialisation,
 seeded so that two conversions give the same file.
 
-Usage: python convert_coco.py SOURCE --dataset {voc,city} --output PATH
+Usage: python convert_coco.py SOURCE --dataset {voc,city,FILE} --output PATH
+
+The class count comes from the dataset's description (a dataset of one's own too: its head
+keeps a seeded random initialisation where the count is not COCO-VOC's 21).
 """
 import argparse
 import sys
@@ -16,9 +19,9 @@ import torch
 
 from models import deeplab_v2
 from utils.checkpoints import load_torch_file, save_checkpoint
+from utils.dataset_description import get_dataset_info
 from utils.errors import InputError
 
-NUM_CLASSES = {'voc': 21, 'city': 19}
 _SOURCE_HEAD = 'layer5.conv2d_list.'
 _TARGET_HEAD = 'classifier.0.convs.'
 
@@ -69,18 +72,20 @@ def convert(source: dict, num_classes: int) -> tuple[torch.nn.Module, list[str],
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('source', type=Path, help='resnet101COCO-41f33a49.pth of AdvSemiSeg')
-    parser.add_argument('--dataset', choices=sorted(NUM_CLASSES), required=True)
+    parser.add_argument('--dataset', required=True, metavar='{voc,city,FILE}',
+                        help='the dataset to fine-tune on: its class count sizes the head')
     parser.add_argument('--output', type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         source = _read_source(args.source)
-        num_classes = NUM_CLASSES[args.dataset]
+        info = get_dataset_info(args.dataset)
+        num_classes = info.num_classes
         model, matched, unmatched = convert(source, num_classes)
         if not matched:
             raise InputError(f'{args.source}: no tensor matches a DeepLabV2-ResNet101 key, '
                              f'expected resnet101COCO-41f33a49.pth')
         save_checkpoint(args.output, model, num_classes=num_classes,
-                        settings={'converted_from': args.source.name, 'dataset': args.dataset})
+                        settings={'converted_from': args.source.name, 'dataset': info.name})
     except InputError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

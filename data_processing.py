@@ -368,3 +368,20 @@ def build_dataset(info, root, list_name, mode, transforms, pseudo_label_dir=None
                                   mode=mode, pseudo_label_dir=pseudo_label_dir, list_path=list_path,
                                   line_numbers=[number for number, _ in entries])
     return dataset.check_files() if check else dataset
+
+
+def dataset_for_checkpoint(checkpoint, dataset=None):
+    """(DatasetInfo, why it was chosen) for a program that is given a checkpoint: --dataset,
+    else the description the checkpoint's run read (while that file is there), else the shipped
+    dataset it records, else VOC."""
+    if dataset:
+        return get_dataset_info(dataset), f'--dataset {dataset}'
+    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+    description = settings.get('dataset_description')
+    if description and Path(description).is_file():
+        return get_dataset_info(description), 'the dataset the checkpoint was trained on'
+    for section in ('validation', 'settings'):
+        recorded = checkpoint.get(section) if isinstance(checkpoint.get(section), dict) else {}
+        if recorded.get('dataset') in SHIPPED:
+            return get_dataset_info(recorded['dataset']), 'the dataset the checkpoint was trained on'
+    return get_dataset_info('voc'), 'the default, voc'

@@ -11,19 +11,20 @@ Usage:
     python generate_splits.py --dataset city --list CITY_ROOT/data_lists/train.txt --out DIR
     python generate_splits.py --dataset my_data.yaml --fractions 4,8
 
-For VOC and Cityscapes, without `--out` the files go to the paper's shipped folder
-(data_splits/<dataset>), which every run reads by default: there a missing file may be added but
-none changed, so the paper's list regenerates the paper's splits, and any other list is refused
-before anything is written. The same holds for any `--out` that names the shipped folders,
-whatever the path: the shipped splits are never changed.
+Everything about the dataset comes from its description (utils/dataset_description.py): the
+default fractions (`split_fractions`: the paper's for VOC and Cityscapes), the default list
+(`train_list`, under the data root) and where the files go. For VOC and Cityscapes, whose
+descriptions name the shipped folder (`splits`: data_splits/<dataset>), every run reads the
+paper's splits from there: a missing file may be added but none changed, so the paper's list
+regenerates the paper's splits, and any other list is refused before anything is written. The
+same holds for any `--out` that names the shipped folders, whatever the path: the shipped splits
+are never changed. For a dataset of one's own the files go to its own list folder (or `--out`,
+never into data_splits/), and `main.py --split N --sets-id K` finds them there. Where the labels
+can be read, each labeled set's class pixel shares are printed, so that a split that misses a
+class shows.
 
-For a dataset described by a file, `--list` defaults to its training list (`train_list`), the
-files go to the dataset's own list folder (or `--out`, never into data_splits/), and `main.py
---split N --sets-id K` finds them there. Where the labels can be read, each labeled set's class
-pixel shares are printed, so that a split that misses a class shows.
-
-For VOC, `--list` has no default: the full train+aug list is not part of the VOC download (it is
-assembled from SBD).
+VOC's description names no training list: the full train+aug list is not part of the VOC download
+(it is assembled from SBD), so `--list` gives it.
 """
 import argparse
 import math
@@ -38,12 +39,6 @@ REPO_DIR = Path(__file__).resolve().parent
 PAPER_SEED = 7777
 PAPER_NUM_SETS = 3
 
-# dataset flag -> (folder under data_splits/, the paper's fractions 1/s of the training list)
-DATASETS = {
-    'voc': ('PASCAL_VOC_2012', (2.0, 4.0, 8.0, 20.0, 50.0, 105.82)),
-    'city': ('Cityscapes', (2.0, 4.0, 8.0, 20.0, 29.75)),
-}
-OWN_DATA_FRACTIONS = (2.0, 4.0, 8.0)   # a dataset of one's own: the default fractions
 
 
 def fraction_name(fraction):
@@ -202,7 +197,7 @@ def build_parser():
         description='Write the labeled/unlabeled split lists of the paper (or new ones).')
     parser.add_argument('--dataset', required=True, metavar='{voc,city,FILE}',
                         help='voc, city (the paper\'s fractions and shipped folder), or a dataset description '
-                             'file (its training list and list folder)')
+                             'file (its split_fractions, training list and list folder)')
     parser.add_argument('--list', default=None, type=Path,
                         help='the full training list, sorted, one name per line (default for a description '
                              'file: its train_list)')
@@ -218,9 +213,9 @@ def build_parser():
     parser.add_argument('--sets', type=int, default=PAPER_NUM_SETS,
                         help=f'how many set ids to write (default {PAPER_NUM_SETS})')
     parser.add_argument('--fractions', default=None,
-                        help='comma-separated 1/s fractions instead of the dataset\'s, e.g. '
-                             '"2,4,8"; a non-integer s is named after the nearest integer (default for a '
-                             'description file: 2,4,8)')
+                        help='comma-separated 1/s fractions instead of the description\'s split_fractions '
+                             '(the paper\'s for voc and city; 2,4,8 by default), e.g. "2,4,8"; a non-integer s is '
+                             'named after the nearest integer')
     parser.add_argument('--sort', action='store_true',
                         help='sort the list first instead of refusing an unsorted one')
     parser.add_argument('--no-shares', action='store_true',
@@ -247,34 +242,40 @@ def inside_shipped(folder):
     return Path(folder).resolve().is_relative_to(shipped_root())
 
 
-def choose_dataset(args):
-    """(dataset info or None, its root or None, default fractions, list, default out folder).
-    For voc and city the info is read only for the class shares (their root may be absent)."""
+def read_dataset(value):
+    """The DatasetInfo of --dataset (a function of its own, so that tests can point a shipped
+    dataset's splits folder at a copy)."""
     import data_processing as dp
 
-    if args.dataset in DATASETS:
-        folder, fractions = DATASETS[args.dataset]
-        if args.list is None:
-            raise InputError(f'--list is required for --dataset {args.dataset}: the full training list')
-        info = dp.get_dataset_info(args.dataset)
-        try:
-            root = dp.resolve_root(info, args.data_root)
-        except InputError:
-            root = None   # the shares need the labels; the splits do not
-        return info, root, fractions, args.list, REPO_DIR / 'data_splits' / folder
-    info = dp.get_dataset_info(args.dataset)
-    root = dp.resolve_root(info, args.data_root)
+    return dp.get_dataset_info(value)
+
+
+def choose_dataset(args):
+    """(dataset info, its root or None, default fractions, list, default out folder). A dataset
+    with shipped splits needs no root (its list is given); the class shares then are not printed."""
+    import data_processing as dp
+
+    info = read_dataset(args.dataset)
+    try:
+        root = dp.resolve_root(info, args.data_root)
+    except InputError:
+        if info.splits_dir is None:
+            raise
+        root = None
     list_path = args.list
     if list_path is None:
-        if info.train_list is None:
-            raise InputError(f'--list: {info.description} names no train_list; pass --list')
+        if info.train_list is None or root is None:
+            where = f'names no train_list' if info.train_list is None else 'has no data root here'
+            raise InputError(f'--list: {info.description} {where}; pass --list, the full training list')
         list_path = dp.find_list(info, root, info.train_list)
-    out = args.out if args.out is not None else root / info.list_dir
-    if inside_shipped(out):
-        raise InputError(f'--out {out} is inside the shipped splits {shipped_root()}, which hold the paper\'s '
+    out = info.splits_dir if info.splits_dir is not None else root / info.list_dir
+    if args.out is None and info.splits_dir is None and inside_shipped(out):
+        raise InputError(f'{info.description}: its list folder {out} is inside the shipped splits {shipped_root()}')
+    if args.out is not None and info.splits_dir is None and inside_shipped(args.out):
+        raise InputError(f'--out {args.out} is inside the shipped splits {shipped_root()}, which hold the paper\'s '
                          f'splits of VOC and Cityscapes; write the splits of {info.name} elsewhere (default: '
-                         f'{root / info.list_dir})')
-    return info, root, OWN_DATA_FRACTIONS, list_path, out
+                         f'{out})')
+    return info, root, info.split_fractions, list_path, out
 
 
 def run(args):
@@ -300,7 +301,7 @@ def run(args):
         out_dir = prepare_out_dir(out_dir)
         write_split_files(out_dir, contents, f'--out {out_dir}')
         print(f'wrote {len(contents)} split files for {len(names)} names to {out_dir}')
-    if not args.no_shares and (args.dataset not in DATASETS or labels_present(info, root, names)):
+    if not args.no_shares and (info.splits_dir is None or labels_present(info, root, names)):
         print_class_shares(info, root, splits, names)
 
 

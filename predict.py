@@ -58,9 +58,9 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders, globs or list files')
-    parser.add_argument('--dataset', default='voc', metavar='{voc,city,FILE}',
+    parser.add_argument('--dataset', default=None, metavar='{voc,city,FILE}',
                         help='the dataset the checkpoint was trained for: its classes, colours, evaluation size '
-                             'and normalisation')
+                             'and normalisation (default: the one the checkpoint records, else voc)')
     parser.add_argument('--checkpoint', required=True, help='a checkpoint written by main.py')
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--data-root', default=None, help='where list files\' dataset ids are (default: the '
@@ -256,14 +256,13 @@ def batches_of(oversize, batch_size):
     return batches
 
 
-def load_network(checkpoint_path, info, runtime):
+def load_network(checkpoint, checkpoint_path, info, runtime):
     """The checkpoint's network on the device, in eval mode; a checkpoint for another class count
     or other classes than the dataset's is refused, naming both."""
     from models import deeplab_v2
-    from utils.checkpoints import check_classes, load_checkpoint, load_model_state
+    from utils.checkpoints import check_classes, load_model_state
     from utils.errors import InputError
 
-    checkpoint = load_checkpoint(checkpoint_path)
     classifier = checkpoint['model'].get('classifier.0.convs.0.weight')
     count = int(classifier.shape[0]) if classifier is not None else info.num_classes
     if count != info.num_classes:
@@ -279,7 +278,7 @@ def load_network(checkpoint_path, info, runtime):
     if runtime.channels_last:
         import torch
         model = model.to(memory_format=torch.channels_last)
-    return model, checkpoint
+    return model
 
 
 class Writer:
@@ -401,7 +400,7 @@ def run(args, stop):
     import data_processing as dp
     from utils import distributed
     from utils.cbc import file_sha256
-    from utils.checkpoints import recorded_setting
+    from utils.checkpoints import load_checkpoint, recorded_setting
     from utils.device import configure_backends, use_channels_last
     from utils.errors import InputError, Interrupted, StopRequested
     from utils.evaluation import protocol_from_flags
@@ -414,7 +413,8 @@ def run(args, stop):
         raise InputError(f'--opacity {args.opacity} must lie in 0..1')
     if args.batch_size < 1 or args.workers < 0:
         raise InputError('--batch-size must be at least 1 and --workers at least 0')
-    info = dp.get_dataset_info(args.dataset)
+    checkpoint = load_checkpoint(args.checkpoint)
+    info, _ = dp.dataset_for_checkpoint(checkpoint, args.dataset)
     inputs = collect_inputs(args.inputs, info, args.data_root)
     check_out(args.out, inputs, args.overwrite)
     sizes = read_sizes(inputs)
@@ -424,7 +424,7 @@ def run(args, stop):
     runtime = Runtime(device=device, amp_dtype=AUTOCAST_DTYPES[precision], workers=args.workers,
                       rank=distributed.rank(), world_size=distributed.world_size(),
                       channels_last=use_channels_last(device, AUTOCAST_DTYPES[precision]), stop=stop)
-    model, checkpoint = load_network(args.checkpoint, info, runtime)
+    model = load_network(checkpoint, args.checkpoint, info, runtime)
     runtime.stop_point()
     coco = bool(recorded_setting(checkpoint, 'coco')) if args.coco is None else args.coco
     eval_size = args.eval_size or recorded_setting(checkpoint, 'eval_size') or info.eval_size

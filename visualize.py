@@ -534,7 +534,7 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
 
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        info, chosen_by = panel_dataset(checkpoint, dataset)
+        info, chosen_by = dp.dataset_for_checkpoint(checkpoint, dataset)
         stored_classes = checkpoint.get('num_classes') or info.num_classes
         if stored_classes != info.num_classes:
             raise InputError(f'{checkpoint_path}: checkpoint has {stored_classes} classes but '
@@ -605,24 +605,6 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
     except InputError as error:
         raise PanelInputError(str(error)) from None
     return rows, info
-
-
-def panel_dataset(checkpoint, dataset=None):
-    """(DatasetInfo, why it was chosen): --dataset, else the description the checkpoint's run
-    read (when it is still there), else its recorded shipped dataset name, else VOC."""
-    import data_processing as dp
-    from utils.checkpoints import recorded_setting
-
-    if dataset:
-        return dp.get_dataset_info(dataset), f'--dataset {dataset}'
-    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
-    description = settings.get('dataset_description')
-    if description and Path(description).is_file():
-        return dp.get_dataset_info(description), 'the dataset the checkpoint was trained on'
-    name = recorded_setting(checkpoint, 'dataset')
-    if name in dp.SHIPPED:
-        return dp.get_dataset_info(name), 'the dataset the checkpoint was trained on'
-    return dp.get_dataset_info('voc'), 'the default, voc'
 
 
 def find_panel_list(info, root, list_name, chosen_by):

@@ -395,10 +395,11 @@ def image_of_every_mode(folder):
 
 def test_predict_reads_any_image_and_skips_what_is_none(own, own_checkpoint, tmp_path):
     sizes = image_of_every_mode(tmp_path / 'photos')
-    status, out, err = call(predict, '--dataset', own / 'shapes.yaml', '--checkpoint', own_checkpoint,
-                            '--out', tmp_path / 'out', tmp_path / 'photos', '--workers', '0', '--device', 'cpu',
-                            '--confidence', 'npy', '--summary', 'json')
+    # no --dataset: the checkpoint records the description its run read
+    status, out, err = call(predict, '--checkpoint', own_checkpoint, '--out', tmp_path / 'out', tmp_path / 'photos',
+                            '--workers', '0', '--device', 'cpu', '--confidence', 'npy', '--summary', 'json')
     assert status == 0, err
+    assert json.loads((tmp_path / 'out' / 'predictions.json').read_text())['classes'] == CLASSES_IN_FOUND_ORDER
     skipped = [line for line in out.splitlines() if line.startswith('skipped ')]
     assert len(skipped) == 2 and any('notes.txt: not an image file' in line for line in skipped)
     assert any('broken.jpg' in line for line in skipped)

@@ -161,10 +161,15 @@ def test_reproduces_reference_splits_byte_for_byte(shared_dir, repo_root, tmp_pa
 def shipped_copy(repo_root, tmp_path, monkeypatch):
     """The script's repository moved to a copy of data_splits/PASCAL_VOC_2012, so that a test of
     the shipped folder can never change the real one (as the old code did)."""
+    from dataclasses import replace
+
     copy = tmp_path / 'repo'
     shutil.copytree(repo_root / 'data_splits' / 'PASCAL_VOC_2012',
                     copy / 'data_splits' / 'PASCAL_VOC_2012')
     monkeypatch.setattr(generate_splits, 'REPO_DIR', copy)
+    read_dataset = generate_splits.read_dataset
+    monkeypatch.setattr(generate_splits, 'read_dataset', lambda value: replace(
+        read_dataset(value), splits_dir=copy / 'data_splits' / 'PASCAL_VOC_2012'))
     return copy / 'data_splits' / 'PASCAL_VOC_2012'
 
 

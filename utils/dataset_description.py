@@ -54,6 +54,7 @@ KEYS = {
     'lists': 'the folder of the dataset\'s lists, under the root (default lists)',
     'splits': 'a folder of shipped split lists, relative to this file',
     'train_list': 'the full training list (the default of generate_splits.py --list)',
+    'split_fractions': 'the labeled fractions 1/s generate_splits.py makes by default (default [2, 4, 8])',
     'val_list': 'the validation list (default val)',
     'label_encoding': 'index, values or rgb',
     'ignore_index': 'the label value that means no class (default 255)',
@@ -97,6 +98,7 @@ class DatasetInfo:
     subsets: tuple                # ((list name, subset), ...) and ('default', subset)
     list_dir: str                 # the dataset's own list folder, relative to its root
     splits_dir: Path | None       # shipped split lists (data_splits/...), or None
+    split_fractions: tuple        # generate_splits.py's default fractions 1/s
     train_list: str | None
     val_list: str
     encoding: LabelEncoding
@@ -261,12 +263,20 @@ def build_info(data, path):
         name=name, title=fields.text('title', name), class_names=tuple(classes), colors=tuple(colors),
         image_template=images, label_template=labels, subsets=subsets,
         list_dir=read_relative(fields, 'lists', 'lists'),
-        splits_dir=(folder / splits).resolve() if splits else None,
+        splits_dir=(folder / splits).resolve() if splits else None, split_fractions=read_fractions(fields),
         train_list=list_name(fields, 'train_list'), val_list=list_name(fields, 'val_list') or 'val',
         encoding=encoding, crop_size=fields.size('crop_size', data.get('crop_size'), (321, 321)),
         eval_size=eval_size, eval_fit=eval_fit, eval_window=window, full_size=full_size,
         normalization=normalization, root_env=fields.text('root_env'),
         default_root=(folder / root).resolve() if root else folder, description=path, digest=digest)
+
+
+def read_fractions(fields):
+    value = fields.data.get('split_fractions', [2, 4, 8])
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(part, (int, float)) and not isinstance(part, bool) and part > 1 for part in value)):
+        raise fields.error('split_fractions', f'must be a list of numbers s > 1 (fractions 1/s), found {value!r}')
+    return tuple(float(part) for part in value)
 
 
 def read_classes(fields):
