@@ -205,8 +205,8 @@ def test_class_warnings_name_absent_and_tiny_classes():
     assert len(messages) == 2
     assert messages[0].startswith("class 'a' (1) appears in no image of the labeled list 8_labeled_0 (5 images)")
     assert '1e-5' in messages[0]
-    assert messages[1] == "class 'c' (3) has 0.001% of the labeled pixels of 8_labeled_0 (1 of 100000): too few " \
-                          "to learn it well"
+    assert messages[1] == "class with a tiny share of the labeled pixels of 8_labeled_0: 'c' (3) 0.001% (1 of " \
+                          "100000): too few to learn it well"
 
 
 def read_description_text(text, folder=None):
@@ -222,7 +222,11 @@ def test_undefined_thresholds_are_said_for_each_class_it_happens_to():
     notes = undefined_threshold_notes(('bg', 'a', 'b', 'c'), [100, 0, 4, 5], 0.2)
     assert len(notes) == 2
     assert notes[0].startswith("class 'a' (1): the network predicts it on no sampled pixel")
-    assert notes[1].startswith("class 'b' (2): the network predicts it on only 4 sampled pixels")
+    assert notes[1].startswith("class 'b' (2): the network predicts it on only 4 sampled pixel(s)")
+    grouped = undefined_threshold_notes(('bg', 'a', 'b'), [100, 0, 0], 0.2)   # one note for the classes alike
+    assert grouped == ["classes 'a' (1), 'b' (2): the network predicts them on no sampled pixel, so at ratio 0.2 "
+                       "their threshold is undefined and is 1e-05, the original's rule: every pixel predicted as one of "
+                       "them is kept"]
     assert all('is 1e-05, the original\'s rule: every pixel predicted as it is kept' in note for note in notes)
 
 

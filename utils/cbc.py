@@ -567,20 +567,37 @@ def write_manifest(folder, manifest):
 
 
 def undefined_threshold_notes(class_names, sampled_counts, ratio):
-    """What the labeler did for each class whose CBC threshold the samples cannot define (count x
-    ratio < 1): the original's 1e-5, kept for VOC and Cityscapes' numbers, which keeps every pixel
-    predicted as the class; for a user's own data that may be a class the network never learned."""
+    """What the labeler did for the classes whose CBC threshold the samples cannot define (count x
+    ratio < 1): the original's 1e-5, kept for VOC's and Cityscapes' numbers, which keeps every
+    pixel predicted as the class; for a user's own data that may be a class the network never
+    learned. One note for the classes never predicted, one for those predicted on too few pixels."""
+    never = [index for index, count in enumerate(sampled_counts) if count == 0]
+    rarely = [index for index, count in enumerate(sampled_counts) if 0 < count and count * ratio < 1]
+    rule = (f'so at ratio {ratio:.4g} {{their}} threshold is undefined and is {EMPTY_CLASS_THRESHOLD:g}, the '
+            f'original\'s rule: every pixel predicted as {{it}} is kept')
     notes = []
-    for index, count in enumerate(sampled_counts):
-        if count * ratio >= 1:
-            continue
-        predicted = ('the network predicts it on no sampled pixel' if count == 0 else
-                     f'the network predicts it on only {count} sampled pixel{"s" if count > 1 else ""} '
-                     f'(every {SAMPLE_STRIDE}th pixel is sampled)')
-        notes.append(f'class {class_names[index]!r} ({index}): {predicted}, so at ratio {ratio:.4g} its threshold '
-                     f'is undefined and is {EMPTY_CLASS_THRESHOLD:g}, the original\'s rule: every pixel predicted as '
-                     f'it is kept')
+    if never:
+        notes.append(f'{class_list(class_names, never)}: the network predicts {pronoun(never)} on no sampled pixel, '
+                     + rule.format(their='its' if len(never) == 1 else 'their', it=one_of(never)))
+    if rarely:
+        counts = ', '.join(str(sampled_counts[index]) for index in rarely)
+        notes.append(f'{class_list(class_names, rarely)}: the network predicts {pronoun(rarely)} on only {counts} '
+                     f'sampled pixel(s) (every {SAMPLE_STRIDE}th pixel is sampled), '
+                     + rule.format(their='its' if len(rarely) == 1 else 'their', it=one_of(rarely)))
     return notes
+
+
+def class_list(class_names, indices):
+    named = ', '.join(f'{class_names[index]!r} ({index})' for index in indices)
+    return f'class{"es" if len(indices) > 1 else ""} {named}'
+
+
+def pronoun(indices):
+    return 'it' if len(indices) == 1 else 'them'
+
+
+def one_of(indices):
+    return 'it' if len(indices) == 1 else 'one of them'
 
 
 # --- one labeling ------------------------------------------------------------------------------

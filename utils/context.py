@@ -423,23 +423,33 @@ TINY_CLASS_SHARE = 0.001
 
 def class_warnings(info, list_name, count, class_pixels):
     """Warnings about the classes of a labeled list: absent ones (their IoU cannot be learned
-    from it and their CBC threshold is undefined), and those with a tiny share of its pixels."""
+    from it and their CBC threshold is undefined), and those with a tiny share of its pixels;
+    one warning for each kind."""
     total = int(class_pixels.sum())
-    messages = []
     absent = [index for index in range(info.num_classes) if class_pixels[index] == 0]
-    for index in absent:
+    tiny = [index for index in range(info.num_classes)
+            if index not in absent and class_pixels[index] / max(total, 1) < TINY_CLASS_SHARE]
+    messages = []
+    if absent:
+        it, its, them = ('it', 'its', 'it') if len(absent) == 1 else ('one', "that class's", 'them')
+        verb = 'appears' if len(absent) == 1 else 'appear'
         messages.append(
-            f'class {info.class_names[index]!r} ({index}) appears in no image of the labeled list {list_name} '
-            f'({count} images): the network cannot learn it from them, so its IoU stays near 0 unless '
-            f'self-training finds it; and where the network predicts it on no sampled unlabeled pixel, its CBC '
-            f'threshold is undefined: the labeler then gives it 1e-5 (the original\'s rule), which keeps every '
-            f'pixel predicted as it')
-    for index in range(info.num_classes):
-        share = class_pixels[index] / total if total else 0.0
-        if index not in absent and share < TINY_CLASS_SHARE:
-            messages.append(f'class {info.class_names[index]!r} ({index}) has {share * 100:.3f}% of the labeled '
-                            f'pixels of {list_name} ({int(class_pixels[index])} of {total}): too few to learn it well')
+            f'{named_classes(info, absent)} {verb} in no image of the labeled list {list_name} ({count} images): the '
+            f'network cannot learn {them} from these images, so {"its" if len(absent) == 1 else "their"} IoU stays near 0 '
+            f'unless self-training finds {them}; and where the network predicts {it} on no sampled unlabeled pixel, '
+            f'{its} CBC threshold is undefined: the labeler then gives it 1e-5 (the original\'s rule), which keeps '
+            f'every pixel predicted as it')
+    if tiny:
+        shares = ', '.join(f'{info.class_names[index]!r} ({index}) {class_pixels[index] / total * 100:.3f}% '
+                           f'({int(class_pixels[index])} of {total})' for index in tiny)
+        messages.append(f'{"class" if len(tiny) == 1 else "classes"} with a tiny share of the labeled pixels of '
+                        f'{list_name}: {shares}: too few to learn {"it" if len(tiny) == 1 else "them"} well')
     return messages
+
+
+def named_classes(info, indices):
+    named = ', '.join(f'{info.class_names[index]!r} ({index})' for index in indices)
+    return f'class{"es" if len(indices) > 1 else ""} {named}'
 
 
 def scores_summary(scores, info):
