@@ -277,3 +277,23 @@ def test_self_training_rounds_with_a_warm_up_on_two_processes(work):
     assert [r['round'] for r in results['rounds']] == [1, 2] and results['world_size'] == 2
     manifest = json.loads((work / 'logs' / 'rounds' / 'pseudo_labels' / 'pseudo_labels.json').read_text())
     assert manifest['complete'] is True and manifest['ratio'] == 0.4
+
+
+def test_predict_on_two_processes_matches_one(work):
+    """predict.py under torchrun's variables: each rank predicts its share of the images, every
+    image once, with the classes one process gives; rank 0 writes the one summary."""
+    val = work / 'voc' / 'ImageSets' / 'Segmentation' / 'val.txt'
+    common = ['--dataset', 'voc', '--checkpoint', 'start.pt', '--data-root', work / 'voc', '--eval-size', 96, 128,
+              '--workers', 0, '--device', 'cpu', val]
+    outputs = finish(start(work, 1, ['--out', 'predicted1', '--batch-size', 1, *common], program=REPO_ROOT / 'predict.py')
+                     + start(work, 2, ['--out', 'predicted2', '--batch-size', 2, *common],
+                             program=REPO_ROOT / 'predict.py'))
+    for code, _, stderr in outputs:
+        assert code == 0, stderr[-3000:]
+    names = val.read_text().split()
+    for name in names:
+        assert np.array_equal(read_png(work / 'predicted1' / 'index' / f'{name}.png'),
+                              read_png(work / 'predicted2' / 'index' / f'{name}.png')), name
+    for folder in ('predicted1', 'predicted2'):
+        rows = (work / folder / 'summary.csv').read_text().splitlines()[1:]
+        assert sorted(row.split(',')[1] for row in rows) == sorted(names)
