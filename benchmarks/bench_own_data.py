@@ -31,7 +31,7 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 from PIL import Image
 
-LAYOUTS = ('voc', 'own', 'before')
+LAYOUTS = ('voc', 'own', 'own_palette', 'before')
 SIZE = (375, 500)
 
 
@@ -44,20 +44,25 @@ def make_files(root, layout, count, seed=0):
     palette = np.asarray(list(OWN_COLORS.values()), dtype=np.uint8)
     names = []
     for number in range(count):
-        image, label = make_sample(rng, *SIZE, void_band=layout != 'own')
+        image, label = make_sample(rng, *SIZE, void_band=not layout.startswith('own'))
         name = f'img_{number:05d}'
         (root / 'images').mkdir(exist_ok=True)
         (root / 'labels').mkdir(exist_ok=True)
         if layout == 'own':
             Image.fromarray(image).save(root / 'images' / f'{name}.png')
             Image.fromarray(palette[label]).save(root / 'labels' / f'{name}.png')
+        elif layout == 'own_palette':   # the same colours, saved as a palette PNG (as many tools export)
+            Image.fromarray(image).save(root / 'images' / f'{name}.png')
+            mask = Image.fromarray(label, mode='P')
+            mask.putpalette([part for color in palette.tolist() for part in color])
+            mask.save(root / 'labels' / f'{name}.png')
         else:
             Image.fromarray(image).save(root / 'images' / f'{name}.jpg', quality=90)
             Image.fromarray(label).save(root / 'labels' / f'{name}.png')
         names.append(name)
     (root / 'lists').mkdir()
     (root / 'lists' / 'train.txt').write_text(''.join(f'{name}\n' for name in names))
-    if layout == 'own':
+    if layout.startswith('own'):
         encoding = 'label_encoding: rgb\ncolors: ' + json.dumps([list(color) for color in OWN_COLORS.values()])
         suffix = '.png'
     else:
@@ -93,7 +98,7 @@ def measure_check(layout, count):
         description = make_files(folder / 'data', 'voc' if layout == 'before' else layout, count)
         info = dp.get_dataset_info(str(description))
         dataset = dp.build_dataset(info, folder / 'data', 'train', 'gt', None)
-        if layout == 'own':   # the colour table is made once per process: not per file
+        if layout.startswith('own'):   # the colour table is made once per process: not per file
             info.encoding.read(dataset.label_path(0))
         started = time.perf_counter()
         if layout == 'before':
@@ -187,6 +192,7 @@ def main():
         for layout in LAYOUTS:
             result = common.run_in_child(__file__, f'check {layout}', ['--child', 'check', layout, str(args.files)])
             rows.append([{'voc': 'VOC layout (JPEG + index PNG)', 'own': 'own data (PNG + RGB colour mask)',
+                          'own_palette': 'own data (PNG + palette colour mask)',
                           'before': 'VOC, the check before descriptions'}[layout], result['files'],
                          f'{result["seconds"]:.2f}', f'{result["seconds"] / result["files"] * 1e3:.2f}',
                          f'{result["peak_rss_mb"]:.0f}'])

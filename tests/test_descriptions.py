@@ -115,8 +115,15 @@ def test_a_colour_mask_decodes_as_a_loop_and_names_an_unknown_colour(tmp_path):
     Image.fromarray(palette[picks]).save(path)
     expected = np.where(picks == 3, 255, picks)
     assert (encoding.read(path) == expected).all()
+    size, counts = encoding.survey(path)   # the up-front check counts the colours Pillow found
+    assert size == (11, 7) and counts.tolist() == [int((picks == index).sum()) for index in range(3)]
     Image.fromarray(palette[picks]).convert('RGBA').save(path)   # alpha is no part of a colour
     assert (encoding.read(path) == expected).all()
+    indexed = Image.fromarray(picks.astype(np.uint8), mode='P')   # a palette mask of the same colours
+    indexed.putpalette([part for color in palette.tolist() for part in color])
+    indexed.save(path)
+    assert (encoding.read(path) == expected).all()
+    assert encoding.survey(path)[1].tolist() == counts.tolist()
     pixels = palette[picks]
     pixels[2, 3] = pixels[6, 1] = (1, 2, 3)
     Image.fromarray(pixels).save(path)

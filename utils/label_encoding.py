@@ -115,9 +115,12 @@ class LabelEncoding:
     def color_counts(self, image):
         """Class pixel counts of a colour mask from its colours; None when a colour is none of
         the classes' (or the mask is no plain RGB image): read() then says which and where."""
-        if image.mode != 'RGB':
+        if image.mode == 'P' and 'transparency' not in image.info:
+            colors = palette_colors(image)   # a palette mask: its indices counted, their colours looked up
+        elif image.mode == 'RGB':
+            colors = image.getcolors(len(self.colors) + len(self.ignore_colors))
+        else:
             return None
-        colors = image.getcolors(len(self.colors) + len(self.ignore_colors))
         if colors is None:
             return None   # more colours than the classes and ignored ones have
         lookup = {tuple(color): index for index, color in enumerate(self.colors)}
@@ -243,6 +246,17 @@ def has_values_outside(array, num_classes):
         return False
     shifted = array - np.uint8(num_classes)
     return bool((shifted < IGNORE_INDEX - num_classes).any())
+
+
+def palette_colors(image):
+    """[(pixels, (r, g, b))] of a palette image, from the counts of its indices."""
+    palette = image.getpalette() or []
+    colors = {}
+    for index, count in enumerate(image.histogram()):
+        if count:
+            color = tuple(palette[3 * index:3 * index + 3]) if 3 * index + 3 <= len(palette) else (0, 0, 0)
+            colors[color] = colors.get(color, 0) + count
+    return [(count, color) for color, count in colors.items()]
 
 
 def color_array(image, path):
