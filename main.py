@@ -227,9 +227,11 @@ def build_parser():
     train.add_argument('--no-aug', action='store_true',
                        help='pseudo-labeled images are only resized to the crop size')
     train.add_argument('--crop-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
-                       help='training crop; default 321 321 (VOC), 256 512 (Cityscapes)')
+                       help='training crop; default the description\'s crop_size (321 321 for VOC, 256 512 for '
+                            'Cityscapes)')
     train.add_argument('--eval-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
-                       help='VOC evaluation padding; default 505 505')
+                       help='the canvas evaluation pads to, for a dataset whose evaluation pads (VOC: 505 505); '
+                            'default the description\'s eval size')
     train.add_argument('--seed', type=seed_number, default=0, help=f'0..{SEED_MAX}')
     train.add_argument('--save-every', type=non_negative_int, default=500,
                        help='save the last state for --resume every N steps (0: only on SIGINT/SIGTERM)')

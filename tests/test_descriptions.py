@@ -368,3 +368,23 @@ def test_two_ids_of_one_image_file_are_refused_before_the_first_step(synthetic_v
                          '--eval-size', '96', '128', '--init-epochs', '1')
     assert completed.returncode == 2, completed.stderr
     assert f"ids '{names[0]}' (line 1) and '{alias}' (line {len(names) + 1}) name the same image file" in completed.stderr
+
+
+def test_describe_writes_a_root_when_the_file_lies_elsewhere(tmp_path):
+    """The description may live apart from the data: its root then says where the data is, and
+    the lists still go under the data root."""
+    data = folders(tmp_path, [np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8)] * 3,
+                   names=[f'a/n{i}' for i in range(3)] + [f'b/c/n{i}' for i in range(3)])
+    out = tmp_path / 'elsewhere' / 'mine.yaml'
+    out.parent.mkdir()
+    status, _, err = call(describe_dataset, '--images', data / 'images', '--labels', data / 'labels', '--out', out,
+                          '--name', 'mine')
+    assert status == 0, err
+    info = read_description(out)
+    root = dp.resolve_root(info)
+    assert root == data and info.name == 'mine'
+    assert info.image_path(root, 'b/c/n1', '') == data / 'images' / 'b' / 'c' / 'n1.jpg'
+    listed = (data / 'lists' / 'train.txt').read_text().split() + (data / 'lists' / 'val.txt').read_text().split()
+    assert sorted(listed) == sorted([f'a/n{i}' for i in range(3)] + [f'b/c/n{i}' for i in range(3)])
+    status, _, err = call(describe_dataset, '--images', data / 'images', '--labels', data / 'labels', '--out', out)
+    assert status == 2 and 'exists; pass --overwrite' in err   # nothing it wrote is replaced unasked
