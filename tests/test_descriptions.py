@@ -172,6 +172,7 @@ def test_a_description_that_contradicts_itself_names_the_key(tmp_path, extra, na
     (BASE.replace('images/{id}.jpg', 'images/{name}.jpg'), 'must name {id} once'),
     (BASE.replace('images/{id}.jpg', '../images/{id}.jpg'), 'must be a path inside the data root'),
     (BASE.replace('labels/{id}.png', 'labels/{subset}/{id}.png'), 'subsets: images or labels name {subset}'),
+    (BASE.replace('labels/{id}.png', 'labels/{subset}/{id}.png') + 'subsets: {val: val}\n', 'subsets: needs a default'),
     ('name: x\nclasses: [a\n', 'is not valid YAML'),
     ('- a list\n', 'a dataset description is a mapping'),
 ])

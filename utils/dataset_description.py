@@ -417,6 +417,9 @@ def read_subsets(fields, images, labels):
         return ()
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise fields.error('subsets', 'must map list names to folder names, e.g. {val: val, default: train}')
+    if uses and 'default' not in mapping:
+        raise fields.error('subsets', 'needs a default: the {subset} of the lists it does not name (the splits\' '
+                                      'lists, e.g. 8_labeled_0)')
     return tuple(sorted(mapping.items()))
 
 
