@@ -7,7 +7,6 @@ labels in one of three modes: ground truth, pseudo labels from a folder, or no l
 pseudo-labeling). Lists are checked as they are read (entries that escape the root), files for
 existence when a dataset is built; utils/data_check.py decodes every file before training starts.
 """
-import os
 import posixpath
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import torch
 from PIL import Image
 
 from utils import transforms as T
-from utils.dataset_description import (COCO, DESCRIPTIONS_DIR, IMAGENET, SHIPPED, DatasetInfo,  # noqa: F401
-                                       file_name, full_resolution, get_dataset_info, resolve_root, voc_palette)
+from utils.dataset_description import (COCO, IMAGENET, SHIPPED, DatasetInfo,  # noqa: F401  (used as dp.*)
+                                       file_name, full_resolution, get_dataset_info, resolve_root)
 from utils.errors import InputError
 from utils.images import read_image
+from utils.label_encoding import has_values_outside
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_SPLITS_DIR = REPO_DIR / 'data_splits'
@@ -171,10 +171,7 @@ def read_label_array(path):
 def check_label_values(array, path, num_values):
     """Values must lie in 0..num_values-1 or be 255; the first bad value is named."""
     if array.dtype == np.uint8:
-        # v - num_values wraps around in uint8: below 255 - num_values exactly for the values
-        # num_values..254, the bad ones (one pass, no histogram).
-        shifted = array - np.uint8(num_values) if num_values < IGNORE_INDEX else None
-        if shifted is None or not (shifted < IGNORE_INDEX - num_values).any():
+        if not has_values_outside(array, num_values):
             return
     elif not (((array >= num_values) & (array != IGNORE_INDEX)) | (array < 0)).any():
         return
@@ -368,20 +365,3 @@ def build_dataset(info, root, list_name, mode, transforms, pseudo_label_dir=None
                                   mode=mode, pseudo_label_dir=pseudo_label_dir, list_path=list_path,
                                   line_numbers=[number for number, _ in entries])
     return dataset.check_files() if check else dataset
-
-
-def dataset_for_checkpoint(checkpoint, dataset=None):
-    """(DatasetInfo, why it was chosen) for a program that is given a checkpoint: --dataset,
-    else the description the checkpoint's run read (while that file is there), else the shipped
-    dataset it records, else VOC."""
-    if dataset:
-        return get_dataset_info(dataset), f'--dataset {dataset}'
-    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
-    description = settings.get('dataset_description')
-    if description and Path(description).is_file():
-        return get_dataset_info(description), 'the dataset the checkpoint was trained on'
-    for section in ('validation', 'settings'):
-        recorded = checkpoint.get(section) if isinstance(checkpoint.get(section), dict) else {}
-        if recorded.get('dataset') in SHIPPED:
-            return get_dataset_info(recorded['dataset']), 'the dataset the checkpoint was trained on'
-    return get_dataset_info('voc'), 'the default, voc'

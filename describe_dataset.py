@@ -30,7 +30,7 @@ from utils.dataset_description import FORMAT, MAX_CLASSES, read_description
 from utils.errors import InputError
 from utils.files import atomic_path
 from utils.images import IMAGE_EXTENSIONS
-from utils.label_encoding import LOSSY_FORMATS, SINGLE_CHANNEL_MODES
+from utils.label_encoding import SINGLE_CHANNEL_MODES, refuse_lossy
 from utils.labels import IGNORE_INDEX
 
 SEPARATORS = '._-'
@@ -94,34 +94,30 @@ def pair(image_dir, label_dir):
 
 
 def survey_label(path, image_path):
-    """What one label holds: ('index', {value: pixels}) or ('rgb', {(r, g, b): pixels}), after
-    checking its format and that its size is its image's."""
+    """What one label holds: ('index', {value: pixels}) or ('rgb', {(r, g, b): pixels}), and its
+    image's (height, width), after checking its format and that its size is its image's."""
     with Image.open(path) as label:
-        lossy = LOSSY_FORMATS.get(label.format)
-        if lossy and not (label.format == 'WEBP' and getattr(label, 'lossless', False)):
-            raise InputError(f'{path}: label file is {lossy}, a lossy format (compression changes the label '
-                             f'values along every edge); save the labels as PNG')
+        refuse_lossy(label, path)
         with Image.open(image_path) as image:
             if image.size != label.size:
                 raise InputError(f'{path}: label is {label.size[1]}x{label.size[0]} but its image {image_path} '
                                  f'is {image.size[1]}x{image.size[0]}')
+        size = (label.size[1], label.size[0])
         if label.mode in SINGLE_CHANNEL_MODES:
             values, counts = np.unique(np.asarray(label), return_counts=True)
-            return 'index', dict(zip(values.tolist(), counts.tolist()))
+            return 'index', dict(zip(values.tolist(), counts.tolist())), size
         rgb = np.asarray(label.convert('RGB'))
     codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
     values, counts = np.unique(codes, return_counts=True)
     return 'rgb', {((code >> 16) & 255, (code >> 8) & 255, code & 255): count
-                   for code, count in zip(values.tolist(), counts.tolist())}
+                   for code, count in zip(values.tolist(), counts.tolist())}, size
 
 
 def survey(image_dir, label_dir, ids, image_suffix, label_suffix, threads):
     """(kind, {value or colour: pixels}, image sizes) over every label, in threads."""
     def one(name):
-        image_path = Path(image_dir) / (name + image_suffix)
-        kind, counts = survey_label(Path(label_dir) / (name + label_suffix), image_path)
-        with Image.open(image_path) as image:
-            return name, kind, counts, (image.size[1], image.size[0])
+        label_path, image_path = Path(label_dir) / (name + label_suffix), Path(image_dir) / (name + image_suffix)
+        return (name, *survey_label(label_path, image_path))
 
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         results = list(pool.map(one, ids))
@@ -203,7 +199,7 @@ def yaml_text(value):
 
 def description_text(name, classes, colors, kind, values, ignore, image_template, label_template, crop,
                      evaluation, root_line):
-    lines = [f'# Written by describe_dataset.py: check the class names, then train (README: "Your own data").',
+    lines = ['# Written by describe_dataset.py: check the class names, then train (README: "Your own data").',
              f'format: {FORMAT}',
              f'name: {yaml_text(name)}',
              f'classes: {yaml_text(classes)}',

@@ -265,7 +265,7 @@ def choose_dataset(args):
     list_path = args.list
     if list_path is None:
         if info.train_list is None or root is None:
-            where = f'names no train_list' if info.train_list is None else 'has no data root here'
+            where = 'names no train_list' if info.train_list is None else 'has no data root here'
             raise InputError(f'--list: {info.description} {where}; pass --list, the full training list')
         list_path = dp.find_list(info, root, info.train_list)
     out = info.splits_dir if info.splits_dir is not None else root / info.list_dir

@@ -3,33 +3,19 @@
 Flags keep the meaning they had in the original program (spec section 11); this file only reads
 them and hands a RunContext to the state's function.
 """
-import os
-import signal
 import sys
 
 if sys.version_info < (3, 10):
     sys.exit(f'error: Python {sys.version.split()[0]} is older than 3.10, the oldest this program runs on')
 
-
-def end_on_stop_signals(status, line=''):
-    """Until the run's own handler is in place (utils/stopping.py), SIGINT and SIGTERM end the
-    process at once with `status` and `line`: before it, nothing is saved yet (the imports take
-    seconds, and the interpreter would print a KeyboardInterrupt traceback from inside one);
-    after it, the run has ended and the process only exits."""
-    def end(signum, frame):
-        if line:
-            os.write(2, line.format(signal=signal.Signals(signum).name).encode())
-        os._exit(status)
-
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, end)
-
+from utils.stopping import end_on_stop_signals  # noqa: E402  (first, before the heavy imports)
 
 if __name__ == '__main__':   # not in a spawned loader worker, which imports this file as __mp_main__
     end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was saved\n')
 
 import argparse
 import math
+import os
 import shlex
 import time
 from pathlib import Path

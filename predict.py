@@ -22,29 +22,20 @@ Refused in one line: a checkpoint for another class count or other classes than 
 output folder inside an input folder (or an input inside it), and a folder holding earlier
 outputs (unless --overwrite).
 """
-import os
-import signal
 import sys
 
 if sys.version_info < (3, 10):
     sys.exit(f'error: Python {sys.version.split()[0]} is older than 3.10, the oldest this program runs on')
 
-
-def end_at_once_on_stop_signals(signum, frame):
-    """Until the run's own handler is in place (utils/stopping.py): nothing is written yet."""
-    os.write(2, f'stopped: {signal.Signals(signum).name} while the program started; nothing was written\n'.encode())
-    os._exit(130)
-
+from utils.stopping import end_on_stop_signals  # noqa: E402  (first, before the heavy imports)
 
 if __name__ == '__main__':   # not in a spawned loader worker, which imports this file as __mp_main__
-    for _number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_number, end_at_once_on_stop_signals)
+    end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was written\n')
 
 import argparse
 import csv
 import glob
 import io
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -289,13 +280,14 @@ class Writer:
         self.out = Path(out)
         self.info = info
         self.args = args
-        self.pool = ThreadPoolExecutor(max(threads, 1))
+        self.threads = max(threads, 1)
+        self.pool = ThreadPoolExecutor(self.threads)
         self.pending = []
         self.rows = []
 
     def submit(self, path, stem, prediction, confidence):
         self.pending.append(self.pool.submit(self.write, path, stem, prediction, confidence))
-        if len(self.pending) > 4 * self.pool._max_workers:
+        if len(self.pending) > 4 * self.threads:
             self.collect(self.pending.pop(0))
 
     def collect(self, future):
@@ -400,7 +392,7 @@ def run(args, stop):
     import data_processing as dp
     from utils import distributed
     from utils.cbc import file_sha256
-    from utils.checkpoints import load_checkpoint, recorded_setting
+    from utils.checkpoints import dataset_for_checkpoint, load_checkpoint, recorded_setting
     from utils.device import configure_backends, use_channels_last
     from utils.errors import InputError, Interrupted, StopRequested
     from utils.evaluation import protocol_from_flags
@@ -414,7 +406,7 @@ def run(args, stop):
     if args.batch_size < 1 or args.workers < 0:
         raise InputError('--batch-size must be at least 1 and --workers at least 0')
     checkpoint = load_checkpoint(args.checkpoint)
-    info, _ = dp.dataset_for_checkpoint(checkpoint, args.dataset)
+    info, _ = dataset_for_checkpoint(checkpoint, args.dataset)
     inputs = collect_inputs(args.inputs, info, args.data_root)
     check_out(args.out, inputs, args.overwrite)
     sizes = read_sizes(inputs)

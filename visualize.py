@@ -527,14 +527,15 @@ def compute_panels(checkpoint_path, data_root=None, dataset=None, list_name='val
 
     import data_processing as dp
     from models import deeplab_v2
-    from utils.checkpoints import check_classes, load_checkpoint, load_model_state, recorded_setting
+    from utils.checkpoints import (check_classes, dataset_for_checkpoint, load_checkpoint, load_model_state,
+                                   recorded_setting)
     from utils.errors import InputError
     from utils.inference import class_scores
     from utils.training import Runtime
 
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        info, chosen_by = dp.dataset_for_checkpoint(checkpoint, dataset)
+        info, chosen_by = dataset_for_checkpoint(checkpoint, dataset)
         stored_classes = checkpoint.get('num_classes') or info.num_classes
         if stored_classes != info.num_classes:
             raise InputError(f'{checkpoint_path}: checkpoint has {stored_classes} classes but '

@@ -140,7 +140,7 @@ def build_methods(root, names):
 
     def decode(index, seed):
         return (load_image(train_set.image_path(index)),
-                load_label_file(train_set.label_path(index), VOC.label_values))
+                load_label_file(train_set.label_path(index), VOC.num_classes))
 
     def ours_eval(index, seed):
         item = eval_set[index]

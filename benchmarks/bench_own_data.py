@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -80,6 +80,19 @@ def confident_checkpoint(path, num_classes=21, weight_scale=30.0, bias_scale=2.0
     return model.eval()
 
 
+def call(program, *args):
+    """`python program.py ARGS` of a program other than main.py (describe_dataset, generate_splits,
+    predict, visualize, paper_table) in this process, through its main(argv): (status, stdout,
+    stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = program.main([str(arg) for arg in args])
+        except SystemExit as stop:
+            status = stop.code
+    return status or 0, out.getvalue(), err.getvalue()
+
+
 # --- main.py in this process -----------------------------------------------------------------------
 
 MAIN = Path(__file__).resolve().parents[1] / 'main.py'

@@ -11,8 +11,6 @@ worked out here by hand or by plain loops, not by the code under test.
   the shipped splits are never changed, whatever path names them (issue 20, section 4);
 - ids are compared as the files they name: `./x` is `x`, and two ids of one file are refused.
 """
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from PIL import Image
 import data_processing as dp
 import describe_dataset
 import generate_splits
-from helpers import run_main
+from helpers import call, run_main
 from utils.cbc import undefined_threshold_notes
 from utils.context import class_warnings
 from utils.dataset_description import read_description
@@ -32,16 +30,6 @@ from utils.label_encoding import LabelEncoding
 
 VOC_NAMES = ('background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike '
              'person pottedplant sheep sofa train tvmonitor').split()
-
-
-def call(program, *args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = program.main([str(arg) for arg in args])
-        except SystemExit as stop:
-            status = stop.code
-    return status or 0, out.getvalue(), err.getvalue()
 
 
 # --- the shipped descriptions ---------------------------------------------------------------------

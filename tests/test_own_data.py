@@ -13,8 +13,6 @@ describe_dataset.py writes the description and the lists, generate_splits.py the
 - predict.py gives the classes state 3 writes with --save-predictions, pixel for pixel, on real
   VOC photographs, and reads any image mode and images larger than the evaluation canvas.
 """
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -30,24 +28,13 @@ import generate_splits
 import paper_table
 import predict
 import visualize
-from helpers import TINY_FLAGS, build_voc14_tree, confident_checkpoint, run_main
+from helpers import build_voc14_tree, call, confident_checkpoint, run_main
 from utils.synthetic import OWN_COLORS, make_synthetic_own
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES_IN_FOUND_ORDER = ['background', 'triangle', 'square', 'disk', 'ring']   # colours sorted
 OWN_FLAGS = ['--backbone', 'resnet14', '--crop-size', '48', '48', '--workers', '0', '--batch-size', '4',
              '--device', 'cpu']
-
-
-def call(program, *args):
-    """`python program.py ARGS` in this process: (status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = program.main([str(arg) for arg in args])
-        except SystemExit as stop:
-            status = stop.code
-    return status or 0, out.getvalue(), err.getvalue()
 
 
 def described(folder):

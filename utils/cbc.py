@@ -45,7 +45,7 @@ from utils.device import HostCopy, to_host
 from utils.errors import InputError, RunError
 from utils.experiment import write_json
 from utils.files import FolderLock, atomic_path, fsync_path, guarded_write
-from utils.inference import Protocol, class_scores, upsample
+from utils.inference import Protocol, class_scores
 from utils.metrics import ConfusionMatrix
 from utils.transforms import resize_label
 
@@ -359,10 +359,7 @@ def own_size_maps(model, images, own_sizes, runtime, protocol=Protocol()):
     """Per image, its max probability (float32) and class (uint8) maps at its own size, on the
     device: [max_prob_0, class_0, max_prob_1, class_1, ...]. A dataset whose description gives
     a sliding window is labeled window by window, as it is evaluated (probabilities averaged)."""
-    if protocol.single_view:
-        scores = upsample(runtime.forward(model, images).float(), images.shape[-2:])
-    else:
-        scores = class_scores(model, images, images.shape[-2:], runtime, protocol)
+    scores = class_scores(model, images, images.shape[-2:], runtime, protocol)   # logits of a single view
     maps = []
     for score, (height, width) in zip(scores, own_sizes):
         crop = score[:, :height, :width]
@@ -588,6 +585,7 @@ def undefined_threshold_notes(class_names, sampled_counts, ratio):
 
 
 def class_list(class_names, indices):
+    """"class 'a' (1)" or "classes 'a' (1), 'b' (2)", for notes and warnings."""
     named = ', '.join(f'{class_names[index]!r} ({index})' for index in indices)
     return f'class{"es" if len(indices) > 1 else ""} {named}'
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.dataset_description import SHIPPED, get_dataset_info
 from utils.device import all_finite
 from utils.errors import InputError, TrainingDiverged
 from utils.files import atomic_path, guarded_write
@@ -362,3 +363,18 @@ def recorded_setting(checkpoint, key):
         if isinstance(values, dict) and values.get(key) is not None:
             return values[key]
     return None
+
+
+def dataset_for_checkpoint(checkpoint, dataset=None):
+    """(DatasetInfo, why it was chosen) for a program that is given a checkpoint: --dataset,
+    else the description the checkpoint's run read (while that file is there), else the shipped
+    dataset it records, else VOC."""
+    if dataset:
+        return get_dataset_info(dataset), f'--dataset {dataset}'
+    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+    description = settings.get('dataset_description')
+    if description and Path(description).is_file():
+        return get_dataset_info(description), 'the dataset the checkpoint was trained on'
+    if recorded_setting(checkpoint, 'dataset') in SHIPPED:
+        return get_dataset_info(recorded_setting(checkpoint, 'dataset')), 'the dataset the checkpoint was trained on'
+    return get_dataset_info('voc'), 'the default, voc'

@@ -14,7 +14,7 @@ import torchvision
 import data_processing as dp
 from models import deeplab_v2
 from utils import distributed
-from utils.cbc import file_sha256, names_digest
+from utils.cbc import class_list, file_sha256, names_digest
 from utils.checkpoints import check_classes, load_checkpoint, load_model_state, save_checkpoint
 from utils.data_check import check_dataset
 from utils.errors import InputError, RunError
@@ -434,7 +434,7 @@ def class_warnings(info, list_name, count, class_pixels):
         it, its, them = ('it', 'its', 'it') if len(absent) == 1 else ('one', "that class's", 'them')
         verb = 'appears' if len(absent) == 1 else 'appear'
         messages.append(
-            f'{named_classes(info, absent)} {verb} in no image of the labeled list {list_name} ({count} images): the '
+            f'{class_list(info.class_names, absent)} {verb} in no image of the labeled list {list_name} ({count} images): the '
             f'network cannot learn {them} from these images, so {"its" if len(absent) == 1 else "their"} IoU stays near 0 '
             f'unless self-training finds {them}; and where the network predicts {it} on no sampled unlabeled pixel, '
             f'{its} CBC threshold is undefined: the labeler then gives it 1e-5 (the original\'s rule), which keeps '
@@ -447,9 +447,6 @@ def class_warnings(info, list_name, count, class_pixels):
     return messages
 
 
-def named_classes(info, indices):
-    named = ', '.join(f'{info.class_names[index]!r} ({index})' for index in indices)
-    return f'class{"es" if len(indices) > 1 else ""} {named}'
 
 
 def scores_summary(scores, info):

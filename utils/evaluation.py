@@ -18,7 +18,7 @@ from utils.dataset_description import file_name
 from utils.device import host_values, to_host
 from utils.inference import Protocol
 from utils.metrics import format_table
-from utils.predictions import class_maximum, palette_image, save_png, scores_at_file_size
+from utils.predictions import class_maximum, palette_image, save_image, scores_at_file_size
 from utils.training import evaluate
 
 def protocol_from_flags(args, info):
@@ -46,9 +46,9 @@ class PredictionWriter:
             scores_one = scores_at_file_size(scores_one, own, file_size)
             prediction = to_host(class_maximum(scores_one)[1].to(torch.uint8)).numpy()
             name = file_name(self.dataset.names[index])
-            save_png(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
+            save_image(palette_image(prediction, self.dataset.info.colors), self.folder / 'color' / f'{name}.png')
             if self.raw_values is not None:
-                save_png(Image.fromarray(self.raw_values[prediction], mode='L'),
+                save_image(Image.fromarray(self.raw_values[prediction], mode='L'),
                          self.folder / 'label_ids' / f'{name}.png')
             self.written += 1
 

@@ -268,7 +268,7 @@ def memory_needs(args, info):
         needs.append((f'--crop-size {height} {width}', height * width * FLOAT32_BYTES * (3 + 2 * classes),
                       f'one training image (its input and the scores of {classes} classes with their '
                       f'gradients, float32)'))
-    if info.base_size is None and (args.state != 2 or args.init_epochs > 0):
+    if info.base_size is None:
         height, width = args.eval_size or info.eval_size
         needs.append((f'--eval-size {height} {width}', height * width * FLOAT32_BYTES * (3 + classes),
                       f'one evaluation image (its padded input and the scores of {classes} classes, float32)'))

@@ -94,10 +94,7 @@ class LabelEncoding:
 
     def check_file(self, image, path):
         """A label must not be lossy, and an index label must have one channel."""
-        lossy = LOSSY_FORMATS.get(image.format)
-        if lossy and not (image.format == 'WEBP' and getattr(image, 'lossless', False)):
-            raise InputError(f'{path}: label file is {lossy}, a lossy format (compression changes the '
-                             f'label values along every edge); save labels as PNG')
+        refuse_lossy(image, path)
         if self.kind != 'rgb' and image.mode not in SINGLE_CHANNEL_MODES:
             hint = (f'; if the labels are colour masks, set label_encoding: rgb and the classes\' colors '
                     f'in {self.source}' if image.mode in ('RGB', 'RGBA') else '')
@@ -201,6 +198,14 @@ class LabelEncoding:
 
 
 UNKNOWN_COLOR = 254
+
+
+def refuse_lossy(image, path):
+    """A label file in a lossy format (whatever its name says) is refused in one line."""
+    lossy = LOSSY_FORMATS.get(image.format)
+    if lossy and not (image.format == 'WEBP' and getattr(image, 'lossless', False)):
+        raise InputError(f'{path}: label file is {lossy}, a lossy format (compression changes the '
+                         f'label values along every edge); save labels as PNG')
 
 
 def cannot_read(path, error):

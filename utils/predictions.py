@@ -72,10 +72,6 @@ def save_image(image, path, what='prediction', **options):
         image.save(temporary, format=Image.registered_extensions()[path.suffix.lower()], **options)
 
 
-def save_png(image, path):
-    save_image(image, path)
-
-
 def save_npy(array, path):
     with guarded_write(path, 'confidence map'), atomic_path(path) as temporary:
         with open(temporary, 'wb') as file:

@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
 
 from utils.errors import StopRequested
 
@@ -146,12 +145,29 @@ def stop_signals_blocked(start_method='fork'):
         yield
         return
     if start_method != 'fork':
+        from multiprocessing import resource_tracker   # here: the start-up handler imports this module first
+
         resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def end_on_stop_signals(status, line=''):
+    """Until the run's own handler is in place (`StopRequest.on_signals`), SIGINT and SIGTERM end
+    the process at once with `status` and `line` (formatted with the signal's name): before it,
+    nothing is saved yet (the imports take seconds, and the interpreter would print a
+    KeyboardInterrupt traceback from inside one); after it, the run has ended and the process
+    only exits. Programs install it first thing, so this module imports only what is cheap."""
+    def end(signum, frame):
+        if line:
+            os.write(2, line.format(signal=signal.Signals(signum).name).encode())
+        os._exit(status)
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, end)
 
 
 def worker_ignores_stops(worker_id):
