@@ -302,7 +302,8 @@ def build_context(args, argv, runtime):
     root = dp.resolve_root(info, args.data_root)
     check_batch_split(args, runtime.world_size, runtime.device)
     experiment = Experiment(args.exp_name, results_file=args.results_file,
-                            pseudo_label_dir=args.pseudo_dir, save_best=args.save, is_main=runtime.is_main)
+                            pseudo_label_dir=args.pseudo_dir, save_best=args.save, is_main=runtime.is_main,
+                            stop=runtime.stop)
     check_outputs(root, experiment, args)
     error = None
     try:

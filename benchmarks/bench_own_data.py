@@ -1,14 +1,18 @@
 """A dataset of one's own against VOC: the up-front data check per file, and predict.py against
 state 3 in images per second.
 
-    python benchmarks/bench_own_data.py --check [--files 300]
+    python benchmarks/bench_own_data.py --check [--files 300] [--source synthetic|real]
     python benchmarks/bench_own_data.py --predict [--images 48] [--workers 2]
 
 --check times `utils.data_check.check_dataset` (one thread, no cache) over files of VOC's size
 (375x500) in three layouts: VOC's (JPEG image, index PNG label), a user's own (PNG image, RGB
 colour mask mapped through the description's colours), and, as the reference, an emulation of
 the check before descriptions existed (VOC's: JPEG at 1/8 scale, label decoded and its values
-checked in one uint8 pass, sizes compared). Each layout runs in a fresh process.
+checked in one uint8 pass, sizes compared). Each layout runs in a fresh process. `--source real`
+makes the files from the 14 real VOC photographs and their real ground truth in
+../shared/realdata/voc14 (repeated, as copies, to --files), the own layout's masks drawn in VOC's
+colours with its void border in VOC's void colour; `synthetic` (the default) from
+utils/synthetic.py.
 
 --predict runs `main.py --state 3` (without and with --save-predictions) and `predict.py` over the
 same images with the same options (a resnet14 stand-in with random weights, the 505x505 canvas,
@@ -34,26 +38,55 @@ LAYOUTS = ('voc', 'own', 'own_palette', 'before')
 SIZE = (375, 500)
 
 
-def make_files(root, layout, count, seed=0):
-    """`count` image/label pairs of 375x500 in the layout's form, and its description."""
+REAL_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata' / 'voc14'
+
+
+def synthetic_pairs(count, layout, seed=0):
+    """`count` (image, class index label) pairs of 375x500 from utils/synthetic.py, their colours."""
     from utils.synthetic import OWN_COLORS, make_sample
 
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    palette = np.asarray(list(OWN_COLORS.values()), dtype=np.uint8)
+    pairs = [make_sample(rng, *SIZE, void_band=not layout.startswith('own')) for _ in range(count)]
+    return pairs, list(OWN_COLORS), [list(color) for color in OWN_COLORS.values()], []
+
+
+def real_pairs(count):
+    """`count` pairs cycled from the real VOC photographs and ground truth; VOC's classes and
+    colours, its void (255) drawn in VOC's colour 255."""
+    from utils.dataset_description import get_dataset_info, voc_palette
+
+    photos = sorted((REAL_DATA / 'images').glob('*.png'))
+    if not photos:
+        raise SystemExit(f'--source real: no images in {REAL_DATA / "images"} (../shared/realdata)')
+    originals = []
+    for photo in photos:
+        with Image.open(photo) as image, Image.open(REAL_DATA / 'labels' / photo.name) as label:
+            originals.append((np.asarray(image.convert('RGB')), np.asarray(label)))
+    palette = voc_palette(256)
+    info = get_dataset_info('voc')
+    return ([originals[number % len(originals)] for number in range(count)], list(info.class_names),
+            [list(color) for color in palette[:info.num_classes]], [list(palette[255])])
+
+
+def make_files(root, layout, count, source='synthetic'):
+    """`count` image/label pairs in the layout's form, and its description."""
+    pairs, classes, colors, ignore_colors = real_pairs(count) if source == 'real' else synthetic_pairs(count, layout)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:len(colors)] = colors
+    for color in ignore_colors:
+        palette[255] = color
+    (root / 'images').mkdir(parents=True)
+    (root / 'labels').mkdir()
     names = []
-    for number in range(count):
-        image, label = make_sample(rng, *SIZE, void_band=not layout.startswith('own'))
+    for number, (image, label) in enumerate(pairs):
         name = f'img_{number:05d}'
-        (root / 'images').mkdir(exist_ok=True)
-        (root / 'labels').mkdir(exist_ok=True)
         if layout == 'own':
             Image.fromarray(image).save(root / 'images' / f'{name}.png')
             Image.fromarray(palette[label]).save(root / 'labels' / f'{name}.png')
         elif layout == 'own_palette':   # the same colours, saved as a palette PNG (as many tools export)
             Image.fromarray(image).save(root / 'images' / f'{name}.png')
             mask = Image.fromarray(label, mode='P')
-            mask.putpalette([part for color in palette.tolist() for part in color])
+            mask.putpalette(palette.reshape(-1).tolist())
             mask.save(root / 'labels' / f'{name}.png')
         else:
             Image.fromarray(image).save(root / 'images' / f'{name}.jpg', quality=90)
@@ -62,13 +95,13 @@ def make_files(root, layout, count, seed=0):
     (root / 'lists').mkdir()
     (root / 'lists' / 'train.txt').write_text(''.join(f'{name}\n' for name in names))
     if layout.startswith('own'):
-        encoding = 'label_encoding: rgb\ncolors: ' + json.dumps([list(color) for color in OWN_COLORS.values()])
+        encoding = (f'label_encoding: rgb\ncolors: {json.dumps(colors)}\n'
+                    + (f'ignore_colors: {json.dumps(ignore_colors)}\n' if ignore_colors else ''))
         suffix = '.png'
     else:
-        encoding, suffix = 'label_encoding: index', '.jpg'
-    classes = json.dumps(list(OWN_COLORS))
-    (root / 'd.yaml').write_text(f'name: bench\nclasses: {classes}\nimages: images/{{id}}{suffix}\n'
-                                 f'labels: labels/{{id}}.png\n{encoding}\n')
+        encoding, suffix = 'label_encoding: index\n', '.jpg'
+    (root / 'd.yaml').write_text(f'name: bench\nclasses: {json.dumps(classes)}\nimages: images/{{id}}{suffix}\n'
+                                 f'labels: labels/{{id}}.png\n{encoding}')
     return root / 'd.yaml'
 
 
@@ -88,13 +121,13 @@ def check_before(dataset):
             raise InputError('size')
 
 
-def measure_check(layout, count):
+def measure_check(layout, count, source):
     import data_processing as dp
     from utils.data_check import check_dataset
 
     folder = Path(tempfile.mkdtemp())
     try:
-        description = make_files(folder / 'data', 'voc' if layout == 'before' else layout, count)
+        description = make_files(folder / 'data', 'voc' if layout == 'before' else layout, count, source)
         info = dp.get_dataset_info(str(description))
         dataset = dp.build_dataset(info, folder / 'data', 'train', 'gt', None)
         if layout.startswith('own'):   # the colour table is made once per process: not per file
@@ -107,7 +140,7 @@ def measure_check(layout, count):
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    common.print_result({'layout': layout, 'files': count, 'seconds': seconds,
+    common.print_result({'layout': layout, 'files': count, 'seconds': seconds, 'source': source,
                          'peak_rss_mb': common.max_rss_mb()})
 
 
@@ -174,13 +207,15 @@ def main():
     parser.add_argument('--check', action='store_true')
     parser.add_argument('--predict', action='store_true')
     parser.add_argument('--files', type=int, default=300, help='--check: files per layout')
+    parser.add_argument('--source', choices=('synthetic', 'real'), default='synthetic',
+                        help='--check: files from utils/synthetic.py or from ../shared/realdata (VOC photographs)')
     parser.add_argument('--images', type=int, default=48, help='--predict: images')
     parser.add_argument('--workers', type=int, default=2, help='--predict: loader workers')
     parser.add_argument('--child', nargs='+', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         if args.child[0] == 'check':
-            measure_check(args.child[1], int(args.child[2]))
+            measure_check(args.child[1], int(args.child[2]), args.child[3])
         else:
             measure_predict(args.child[1], args.child[2], int(args.child[3]))
         return
@@ -189,13 +224,14 @@ def main():
     if args.check:
         rows = []
         for layout in LAYOUTS:
-            result = common.run_in_child(__file__, f'check {layout}', ['--child', 'check', layout, str(args.files)])
+            arguments = ['--child', 'check', layout, str(args.files), args.source]
+            result = common.run_in_child(__file__, f'check {layout}', arguments)
             rows.append([{'voc': 'VOC layout (JPEG + index PNG)', 'own': 'own data (PNG + RGB colour mask)',
                           'own_palette': 'own data (PNG + palette colour mask)',
                           'before': 'VOC, the check before descriptions'}[layout], result['files'],
                          f'{result["seconds"]:.2f}', f'{result["seconds"] / result["files"] * 1e3:.2f}',
                          f'{result["peak_rss_mb"]:.0f}'])
-        print(common.format_table(rows, ['data check, one thread, 375x500', 'files', 's', 'ms per file',
+        print(common.format_table(rows, [f'data check, one thread, {args.source} files', 'files', 's', 'ms per file',
                                          'peak RSS MB']))
     if args.predict:
         folder = Path(tempfile.mkdtemp())

@@ -9,7 +9,9 @@ as every host read of a meta tensor is (tests/meta_device.py). DDP cannot wrap a
 is replaced by a recorder of the module's device and `device_ids`.
 
 Usage, as torchrun starts ranks (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set): meta_ranks.py
-<main.py flags>; prints "RECORDS <exit status> <json list of [name, device types, device_ids]>".
+<main.py flags> [--then <main.py flags> ...]; runs the command lines one after the other (one
+process start for all: each start imports torch, seconds) and prints for each "RECORDS <exit
+status> <json list of [name, device types, device_ids]>".
 """
 import json
 import os
@@ -68,9 +70,22 @@ def main_of_rank(argv):
     # Loading a CPU checkpoint into a network on `meta` copies nothing, and torch says so per tensor.
     warnings.filterwarnings('ignore', 'for .*copying from a non-meta parameter')
     HostReads()
-    with RefuseMixedDevices():
-        status = main.main(argv)
-    print('RECORDS', status, json.dumps(records), flush=True)
+    for command in commands(argv):
+        records.clear()
+        with RefuseMixedDevices():
+            status = main.main(command)
+        print('RECORDS', status, json.dumps(records), flush=True)
+
+
+def commands(argv):
+    """The command lines in `argv`, separated by --then."""
+    found = [[]]
+    for arg in argv:
+        if arg == '--then':
+            found.append([])
+        else:
+            found[-1].append(arg)
+    return found
 
 
 if __name__ == '__main__':

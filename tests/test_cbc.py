@@ -618,10 +618,10 @@ def labeling_growth(count):
 
 
 def test_memory_held_by_labeling_does_not_grow_with_the_maps():
-    """With a 1 MB budget every 600x800 map (2.3 MB) goes to disk. Labeling 60 images must then
-    take about the memory labeling 5 takes: the extra 55 maps are 128 MB, their samples 1.4 MB.
+    """With a 1 MB budget every 600x800 map (2.3 MB) goes to disk. Labeling 40 images must then
+    take about the memory labeling 5 takes: the extra 35 maps are 81 MB, their samples 0.9 MB.
     Keeping a view of each map for the thresholds (the sampled pixels as a strided slice) would
-    keep every whole map alive and grow the process by the 128 MB."""
-    few, many = labeling_growth(5), labeling_growth(60)
-    assert few['spilled'] == 5 and many['spilled'] == 60
+    keep every whole map alive and grow the process by the 81 MB."""
+    few, many = labeling_growth(5), labeling_growth(40)
+    assert few['spilled'] == 5 and many['spilled'] == 40
     assert many['growth_mb'] - few['growth_mb'] < 40, (few, many)

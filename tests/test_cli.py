@@ -168,9 +168,9 @@ def wait_for(path, process, timeout=300):
                          ids=['SIGKILL', 'SIGTERM', 'Ctrl-C to the group, with a loader worker'])
 def test_killed_run_resumes_from_its_saved_step(synthetic_root, tmp_path, kill_signal, workers):
     args = ['--state', 2, '--exp-name', 'long', '--data-root', synthetic_root, '--split', '1',
-            '--init-epochs', 4, '--val-num-steps', 1000, '--save-every', 5, '--eval-size', 96, 128, *TINY,
+            '--init-epochs', 3, '--val-num-steps', 1000, '--save-every', 5, '--eval-size', 96, 128, *TINY,
             '--workers', workers]
-    total_steps = 4 * 6   # 24 images in batches of 4
+    total_steps = 3 * 6   # 24 images in batches of 4
     process = start(tmp_path, *args)
     last_state = tmp_path / 'logs' / 'long' / 'last.pt'
     wait_for(last_state, process)

@@ -379,21 +379,34 @@ def test_the_minimum_versions_are_the_ones_requirements_and_readme_state(repo_ro
         assert f'torch >= {torch_minimum}' in text and f'torchvision >= {vision_minimum}' in text, name
 
 
-@pytest.mark.filterwarnings('ignore:for .*copying from a non-meta parameter')
+@pytest.fixture(scope='module')
+def collectives_of_states(meta_work):
+    """Every state of META_STATES in one two-process run of tests/meta_ranks.py (one process start
+    per rank for the four): per state, per rank, (exit status, records, output)."""
+    import json
+    from test_distributed import finish, start
+    argv = []
+    for state in META_STATES:
+        argv += [*(['--then'] if argv else []), *META, '--data-root', meta_work / 'voc', '--dist-timeout', 60,
+                 *state_command(state, f'ranks-{state}')]
+    outputs = finish(start(meta_work, 2, argv, program=Path(__file__).with_name('meta_ranks.py')), timeout=600)
+    found = {state: [] for state in META_STATES}
+    for rank, (code, stdout, stderr) in enumerate(outputs):
+        assert code == 0, f'rank {rank}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
+        lines = [line.split(' ', 2)[1:] for line in stdout.splitlines() if line.startswith('RECORDS ')]
+        assert len(lines) == len(META_STATES), f'rank {rank}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
+        for state, (status, recorded) in zip(META_STATES, lines):
+            found[state].append((status, json.loads(recorded), stderr[-3000:]))
+    return found
+
+
 @pytest.mark.parametrize('state', list(META_STATES))
-def test_every_tensor_handed_to_a_collective_is_on_the_device(meta_work, state):
+def test_every_tensor_handed_to_a_collective_is_on_the_device(collectives_of_states, state):
     """Two gloo processes with the network on `meta` (tests/meta_ranks.py): NCCL reduces device
     tensors only, so every tensor the project hands to a collective must be on the run's device,
     and DDP must wrap a network already there."""
-    import json
-    from test_distributed import finish, start
-    argv = [*META, '--data-root', meta_work / 'voc', '--dist-timeout', 60, *state_command(state, f'ranks-{state}')]
-    outputs = finish(start(meta_work, 2, argv, program=Path(__file__).with_name('meta_ranks.py')), timeout=300)
-    for rank, (code, stdout, stderr) in enumerate(outputs):
-        assert code == 0, f'rank {rank}:\n{stdout[-2000:]}\n{stderr[-3000:]}'
-        status, recorded = next(line.split(' ', 2)[1:] for line in stdout.splitlines() if line.startswith('RECORDS '))
-        assert status == '0', (rank, stderr[-3000:])
-        recorded = json.loads(recorded)
+    for rank, (status, recorded, stderr) in enumerate(collectives_of_states[state]):
+        assert status == '0', (rank, stderr)
         names = {name for name, _, _ in recorded}
         assert 'all_reduce' in names, names
         if state != 'pseudo-labeling':

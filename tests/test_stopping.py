@@ -240,6 +240,29 @@ def test_signals_are_acknowledged_at_once_and_a_third_outside_a_save_ends_the_pr
     assert raised.value.exit_status == 130
 
 
+def test_a_third_signal_leaves_run_log_s_ending_line_while_the_run_holds_its_name(tmp_path):
+    """The forced exit skips the run's own ending, so run.log had no `ended:` line: it is
+    appended by the handler, without a lock, only while the run holds its name."""
+    from utils.experiment import Experiment
+
+    exits = []
+    stop = StopRequest(write=lambda descriptor, data: None, exit=exits.append)
+    experiment = Experiment('run', base_dir=tmp_path, stop=stop)
+    log = tmp_path / 'logs' / 'run' / 'run.log'
+    experiment.start()
+    experiment.log('working', echo=False)
+    for _ in range(3):
+        stop.request('SIGTERM')
+    assert exits == [130]
+    last = log.read_text().splitlines()[-1].split(' ', 2)[2]
+    assert last.startswith('ended: stopped (exit 130): SIGTERM a third time: ended at once'), last
+    experiment.end()
+    lines = log.read_text().splitlines()
+    assert stop.run_log is None and lines[-1].endswith('ended: finished') and len(lines) == 3
+    stop.request('SIGTERM')   # after the run let go of its name: nothing more in its log
+    assert log.read_text().splitlines() == lines
+
+
 def test_an_error_while_a_loader_fetches_once_a_stop_is_requested_is_the_stop():
     stop = StopRequest(write=lambda descriptor, data: None)
 

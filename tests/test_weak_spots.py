@@ -111,21 +111,24 @@ def test_state_2_with_no_epochs_is_refused_naming_the_flag(synthetic_voc, tmp_pa
 
 # --- 3. what the starting checkpoint of state 1 records -------------------------------------------
 
-def state_1_checkpoint(source, path):
-    """`source` as a state 1 run would have saved it (its settings say state 1, round 1)."""
+def state_1_checkpoint(source, path, round_number=1, iters=None):
+    """`source` as a state 1 run would have saved it (its settings say state 1 and the run's
+    --round, or None and --iters for a run of all rounds)."""
     checkpoint = load_checkpoint(source)
     model = deeplab_v2(21, backbone='resnet14')
     model.load_state_dict(checkpoint['model'])
-    save_checkpoint(path, model, best_miou=checkpoint['best_miou'], num_classes=21,
-                    settings=dict(checkpoint['settings'], state=1, round=1, exp_name='st_round1'),
+    settings = dict(checkpoint['settings'], state=1, round=round_number, exp_name='st_round1')
+    if iters is not None:
+        settings['iters'] = iters
+    save_checkpoint(path, model, best_miou=checkpoint['best_miou'], num_classes=21, settings=settings,
                     extra={'architecture': checkpoint['architecture'], 'validation': checkpoint['validation']})
     return path
 
 
-def round_two(folder, data_root, start):
-    return run_main(folder, '--state', 1, '--exp-name', 'st_round2', '--continue-from', start, '--data-root',
-                    data_root, *SPLIT, '--round', 2, '--iters', 2, '--st-epochs', 0, 0, '--init-epochs', 0,
-                    *TINY_FLAGS)
+def round_two(folder, data_root, start, round_number=2):
+    return run_main(folder, '--state', 1, '--exp-name', f'st_round{round_number}', '--continue-from', start,
+                    '--data-root', data_root, *SPLIT, '--round', round_number, '--iters', round_number,
+                    '--st-epochs', *[0] * round_number, '--init-epochs', 0, *TINY_FLAGS)
 
 
 def test_round_2_from_a_supervised_checkpoint_is_refused(work, synthetic_voc):
@@ -135,6 +138,22 @@ def test_round_2_from_a_supervised_checkpoint_is_refused(work, synthetic_voc):
     assert completed.returncode == 2
     one_line(lines_of(completed), '--round 2', 'round 1\'s checkpoint', 'sup.pt was written by a state 2 run')
     assert not (work / 'st_round2.pt').exists()
+
+
+@pytest.mark.parametrize('written_round,iters,round_number,fragments', [
+    (1, None, 3, ('--round 3 continues from round 2\'s checkpoint', 'written by a --round 1 run',
+                  'run --round 2 next')),
+    (2, None, 2, ('--round 2 continues from round 1\'s checkpoint', 'written by a --round 2 run')),
+    (None, 5, 2, ('--round 2 continues from round 1\'s checkpoint', 'a run of all 5 rounds (no --round)'))])
+def test_a_round_from_another_round_s_checkpoint_is_refused(work, synthetic_voc, written_round, iters,
+                                                            round_number, fragments):
+    """Only the state was compared: round 3 from round 1's checkpoint (round 2 skipped), round 2
+    from its own checkpoint (round 2 twice) or from a run of all rounds was accepted in silence."""
+    state_1_checkpoint(work / 'sup.pt', work / 'st.pt', round_number=written_round, iters=iters)
+    completed = round_two(work, synthetic_voc, 'st.pt', round_number=round_number)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    one_line(lines_of(completed), 'st.pt', *fragments)
+    assert not (work / f'st_round{round_number}.pt').exists()
 
 
 @pytest.mark.parametrize('start', ['state 1', 'records nothing'])

@@ -108,8 +108,9 @@ class Experiment:
     """
 
     def __init__(self, name, base_dir='.', results_file=None, pseudo_label_dir=None, save_best=True,
-                 is_main=True):
+                 is_main=True, stop=None):
         self.name = name
+        self.stop = stop    # the run's StopRequest: told where run.log is, for an exit it forces
         self.base_dir = Path(base_dir)
         self.is_main = is_main
         self.log_dir = self.base_dir / 'logs' / name
@@ -132,6 +133,8 @@ class Experiment:
         with guarded_write(self.log_dir, 'folder'):
             self.log_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(f'experiment {self.name!r}')
+        if self.stop is not None:
+            self.stop.run_log = self.log_dir / 'run.log'
         for folder, prefix in ((self.base_dir, f'{self.name}.pt.'), (self.log_dir, ''),
                                (self.pseudo_label_dir, '')):
             for path in remove_stale_temporaries(folder, prefix):
@@ -234,6 +237,8 @@ class Experiment:
         holds the name never writes into that run's log. A log that cannot be written (a full
         disk) must not hide what ended the run, so that failure is left out.
         """
+        if self.stop is not None:
+            self.stop.run_log = None
         if self.lock.held:
             try:
                 self.log(ending_line(ending), echo=False)

@@ -83,18 +83,27 @@ def check_flags(args, world_size):
 
 def check_starting_checkpoint(context, checkpoint, path, first_round, warm_up):
     """What --continue-from records of the run that wrote it (its settings' state) must fit the
-    schedule: round R > 1 continues from round R-1's checkpoint, which a state 1 run writes (a
-    supervised checkpoint there skipped rounds 1..R-1 in silence); a checkpoint that records
-    nothing (converted weights, the original's) is taken as before. A trained checkpoint under
-    the supervised warm-up (`warm_up`: --init-epochs > 0 before round 1) is taken too, with a
-    warning in the log: round 1's bar becomes the warm-up's best, so the run can end below the
-    score it started from."""
+    schedule: round R > 1 continues from round R-1's checkpoint, which a state 1 run of round R-1
+    writes (a supervised checkpoint, or another round's, there skipped or repeated rounds in
+    silence); a checkpoint that records nothing (converted weights, the original's) is taken as
+    before. A trained checkpoint under the supervised warm-up (`warm_up`: --init-epochs > 0 before
+    round 1) is taken too, with a warning in the log: round 1's bar becomes the warm-up's best, so
+    the run can end below the score it started from."""
     args = context.args
-    written_by = (checkpoint.get('settings') or {}).get('state')
+    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+    written_by = settings.get('state')
     if first_round > 0 and written_by is not None and written_by != 1:
         raise InputError(f'--round {args.round} continues from round {args.round - 1}\'s checkpoint (written by '
                          f'a state 1 run), but --continue-from {path} was written by a state {written_by} run; '
                          f'run round 1 first (--round 1 from it) and continue from its checkpoint')
+    rounds_done = settings.get('round') or settings.get('iters')   # a run without --round ran them all
+    if first_round > 0 and written_by == 1 and isinstance(rounds_done, int) and rounds_done != first_round:
+        writer = (f'a --round {rounds_done} run' if settings.get('round')
+                  else f'a run of all {rounds_done} rounds (no --round)')
+        raise InputError(f'--round {args.round} continues from round {first_round}\'s checkpoint, but '
+                         f'--continue-from {path} was written by {writer}; continue from the checkpoint of '
+                         f'round {first_round}' + (f' (run --round {rounds_done + 1} next)'
+                                                   if rounds_done < first_round else ''))
     trained = written_by in (1, 2) or checkpoint.get('best_miou') is not None
     if warm_up and trained:
         what = f'written by a state {written_by} run' if written_by in (1, 2) else 'it carries a validation mIoU'

@@ -10,7 +10,7 @@ and says so at once on stdout (stderr keeps its one line for the end). The run a
 writes and the files of the data check, and at the boundaries of start-up, and ends there
 (`StopRequested`, exit 130) with the training state saved where there is one. A second signal is
 acknowledged and never interrupts a save; a third, outside a save, ends the process at once
-with one line, for a run that has no safe point near.
+with one line (and run.log's `ended:` line), for a run that has no safe point near.
 
 Loader workers: a terminal sends Ctrl-C to its whole foreground process group, the loader's
 worker processes included, and a worker that dies of it makes the loader raise in the main
@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 from utils.errors import StopRequested
@@ -46,6 +47,7 @@ class StopRequest:
         self.signal_name = None
         self.signals = 0
         self.saves = 0          # saves in progress: no signal interrupts them
+        self.run_log = None     # the run's run.log while it holds its name: a forced exit's last line
         self._write = write
         self._exit = exit
 
@@ -65,9 +67,25 @@ class StopRequest:
             self.say(1, f'already stopping ({signal_name}): the run ends after the current step or batch; '
                         f'a third signal ends it at once, without saving')
         else:
-            self.say(2, f'stopped: {signal_name} a third time: ended at once, without waiting for the current '
-                        f'step or batch; what was saved before is kept')
+            line = (f'stopped: {signal_name} a third time: ended at once, without waiting for the current '
+                    f'step or batch; what was saved before is kept')
+            self.append_to_run_log(f'ended: stopped (exit 130): {line.removeprefix("stopped: ")}')
+            self.say(2, line)
             self._exit(130)
+
+    def append_to_run_log(self, line):
+        """run.log's last line for an exit that skips the run's own ending: one os.write in append
+        mode (no Python lock, which the interrupted code may hold)."""
+        if self.run_log is None:
+            return
+        try:
+            descriptor = os.open(self.run_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(descriptor, f'{time.strftime("%Y-%m-%d %H:%M:%S")} {line}\n'.encode())
+            finally:
+                os.close(descriptor)
+        except OSError:
+            pass   # a log that cannot be written must not keep the process from ending
 
     def say(self, descriptor, line):
         try:
