@@ -339,7 +339,7 @@ def describe_run(args, argv, runtime, info, root, experiment):
         # not this run's best, not even after a --resume (see RunContext.best_so_far).
         settings['replaced_best_sha256'] = file_sha256(experiment.best_checkpoint)
     experiment.save_settings(settings)
-    experiment.log(f'{settings["command"]}')
+    experiment.begin(settings['command'])
     experiment.log(f'state {args.state} on {info.title} at {root}; {runtime.device} x {runtime.world_size} '
                    f'process(es), {settings["precision_text"]}; {architecture["backbone"]}, '
                    f'{architecture["head_branches"]}-branch head'

@@ -9,9 +9,11 @@ as every host read of a meta tensor is (tests/meta_device.py). DDP cannot wrap a
 is replaced by a recorder of the module's device and `device_ids`.
 
 Usage, as torchrun starts ranks (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set): meta_ranks.py
-<main.py flags> [--then <main.py flags> ...]; runs the command lines one after the other (one
-process start for all: each start imports torch, seconds) and prints for each "RECORDS <exit
-status> <json list of [name, device types, device_ids]>".
+<main.py flags> [--then PORT <main.py flags> ...]; runs the command lines one after the other
+(one process start for all: each start imports torch, seconds), each after the first on its own
+MASTER_PORT (a rank that finished a run early would otherwise join the other rank's store of the
+run before), and prints for each "RECORDS <exit status> <json list of [name, device types,
+device_ids]>".
 """
 import json
 import os
@@ -70,7 +72,9 @@ def main_of_rank(argv):
     # Loading a CPU checkpoint into a network on `meta` copies nothing, and torch says so per tensor.
     warnings.filterwarnings('ignore', 'for .*copying from a non-meta parameter')
     HostReads()
-    for command in commands(argv):
+    for port, command in commands(argv):
+        if port is not None:
+            os.environ['MASTER_PORT'] = port
         records.clear()
         with RefuseMixedDevices():
             status = main.main(command)
@@ -78,13 +82,14 @@ def main_of_rank(argv):
 
 
 def commands(argv):
-    """The command lines in `argv`, separated by --then."""
-    found = [[]]
-    for arg in argv:
+    """[(port or None, command line)] of `argv`: command lines separated by --then PORT."""
+    found = [(None, [])]
+    arguments = iter(argv)
+    for arg in arguments:
         if arg == '--then':
-            found.append([])
+            found.append((next(arguments), []))
         else:
-            found[-1].append(arg)
+            found[-1][1].append(arg)
     return found
 
 

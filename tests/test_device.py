@@ -384,11 +384,11 @@ def collectives_of_states(meta_work):
     """Every state of META_STATES in one two-process run of tests/meta_ranks.py (one process start
     per rank for the four): per state, per rank, (exit status, records, output)."""
     import json
-    from test_distributed import finish, start
+    from test_distributed import finish, free_port, start
     argv = []
     for state in META_STATES:
-        argv += [*(['--then'] if argv else []), *META, '--data-root', meta_work / 'voc', '--dist-timeout', 60,
-                 *state_command(state, f'ranks-{state}')]
+        argv += [*(['--then', free_port()] if argv else []), *META, '--data-root', meta_work / 'voc',
+                 '--dist-timeout', 60, *state_command(state, f'ranks-{state}')]
     outputs = finish(start(meta_work, 2, argv, program=Path(__file__).with_name('meta_ranks.py')), timeout=600)
     found = {state: [] for state in META_STATES}
     for rank, (code, stdout, stderr) in enumerate(outputs):

@@ -433,13 +433,18 @@ def test_default_names_are_unique_and_free(tmp_path, monkeypatch):
 def test_run_log_ends_with_how_the_run_ended(root, work, capsys, monkeypatch):
     """run.log never said how a run ended. Its last line does now: finished, stopped, refused or
     failed, with the exit status and the one line; a run refused because a live run holds the
-    name writes nothing into that run's log."""
+    name, or before it began because the name holds a finished run, writes nothing into that run's
+    log (its last line said `ended: refused` of a run that had finished)."""
     def last_line(name):
         return log_of(name).splitlines()[-1].split(' ', 2)[2]   # after the date and time
 
-    status, _, _ = run(capsys, '--state', 3, '--exp-name', 'ev', '--continue-from', 'sup.pt', '--data-root', root,
-                       *TINY)
+    evaluation = ['--state', 3, '--exp-name', 'ev', '--continue-from', 'sup.pt', '--data-root', root, *TINY]
+    status, _, _ = run(capsys, *evaluation)
     assert status == 0 and last_line('ev') == 'ended: finished'
+    finished = log_of('ev')
+    status, _, lines = run(capsys, *evaluation)   # the name holds a finished run: refused before it begins
+    assert status == 2 and '--overwrite' in lines[0]
+    assert log_of('ev') == finished, 'a run refused before it began wrote into the finished run\'s log'
     args = stopped_supervised_run(capsys, monkeypatch, root, name='st')
     assert last_line('st') == ('ended: stopped (exit 130): SIGINT at step 2 of supervised: state saved to '
                                'logs/st/last.pt; continue with the same command and --resume')

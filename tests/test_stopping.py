@@ -250,7 +250,7 @@ def test_a_third_signal_leaves_run_log_s_ending_line_while_the_run_holds_its_nam
     experiment = Experiment('run', base_dir=tmp_path, stop=stop)
     log = tmp_path / 'logs' / 'run' / 'run.log'
     experiment.start()
-    experiment.log('working', echo=False)
+    experiment.begin('main.py --state 2')
     for _ in range(3):
         stop.request('SIGTERM')
     assert exits == [130]

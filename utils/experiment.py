@@ -124,6 +124,7 @@ class Experiment:
         self._writer = None
         self._pending_settings = None
         self._earlier_files = ()    # an earlier run's files this run replaces, until it takes the name over
+        self.began = False          # its command line is in run.log: from then on, its ending is too
 
     def start(self):
         """Create the folder, take the experiment's lock (a second live run of the same name is
@@ -156,6 +157,13 @@ class Experiment:
             tqdm.write(message)
         with guarded_write(self.log_dir / 'run.log', 'log'), open(self.log_dir / 'run.log', 'a') as file:
             file.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
+
+    def begin(self, command):
+        """The run begins: its command line goes into run.log, and from now on its `ended:` line
+        will too. A run refused before this (the name holds another run, a list is missing) was
+        never this folder's run and leaves the log of the run there as it was."""
+        self.log(command)
+        self.began = True
 
     def scalar(self, tag, value, step):
         if self.is_main:
@@ -233,13 +241,14 @@ class Experiment:
     def end(self, ending=None):
         """Record how the run ended as the last line of run.log, then free the name.
 
-        Only while this process holds the experiment's lock: a run refused because a live run
-        holds the name never writes into that run's log. A log that cannot be written (a full
-        disk) must not hide what ended the run, so that failure is left out.
+        Only for a run that began (`begin`) and while this process holds the experiment's lock: a
+        run refused because a live run holds the name, or because the name holds a finished one,
+        never writes into that run's log. A log that cannot be written (a full disk) must not hide
+        what ended the run, so that failure is left out.
         """
         if self.stop is not None:
             self.stop.run_log = None
-        if self.lock.held:
+        if self.lock.held and self.began:
             try:
                 self.log(ending_line(ending), echo=False)
             except OutputError:
