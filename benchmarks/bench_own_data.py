@@ -73,8 +73,8 @@ def make_files(root, layout, count, source='synthetic'):
     pairs, classes, colors, ignore_colors = real_pairs(count) if source == 'real' else synthetic_pairs(count, layout)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[:len(colors)] = colors
-    for color in ignore_colors:
-        palette[255] = color
+    if ignore_colors:   # the real labels' void (255), drawn in VOC's colour 255
+        palette[255] = ignore_colors[0]
     (root / 'images').mkdir(parents=True)
     (root / 'labels').mkdir()
     names = []

@@ -242,7 +242,7 @@ def test_signals_are_acknowledged_at_once_and_a_third_outside_a_save_ends_the_pr
 
 def test_a_third_signal_leaves_run_log_s_ending_line_while_the_run_holds_its_name(tmp_path):
     """The forced exit skips the run's own ending, so run.log had no `ended:` line: it is
-    appended by the handler, without a lock, only while the run holds its name."""
+    appended by the handler, without a lock, only from when the run began until it ended."""
     from utils.experiment import Experiment
 
     exits = []
@@ -250,6 +250,7 @@ def test_a_third_signal_leaves_run_log_s_ending_line_while_the_run_holds_its_nam
     experiment = Experiment('run', base_dir=tmp_path, stop=stop)
     log = tmp_path / 'logs' / 'run' / 'run.log'
     experiment.start()
+    assert stop.run_log is None, 'a run that has not begun (it may yet be refused) writes into no log'
     experiment.begin('main.py --state 2')
     for _ in range(3):
         stop.request('SIGTERM')

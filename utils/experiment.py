@@ -4,7 +4,6 @@ One `Experiment` per run names every output, so two experiments never write into
 files (the original shared `temp.pt` and one pseudo-label folder between runs).
 """
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from tqdm import tqdm
 
 from utils.errors import InputError, OutputError, RunError, one_line
 from utils.files import FolderLock, atomic_path, guarded_write, remove_stale_temporaries
+from utils.stopping import log_line
 
 
 def write_json(path, data):
@@ -110,7 +110,7 @@ class Experiment:
     def __init__(self, name, base_dir='.', results_file=None, pseudo_label_dir=None, save_best=True,
                  is_main=True, stop=None):
         self.name = name
-        self.stop = stop    # the run's StopRequest: told where run.log is, for an exit it forces
+        self.stop = stop    # the run's StopRequest: told where run.log is once the run began, for an exit it forces
         self.base_dir = Path(base_dir)
         self.is_main = is_main
         self.log_dir = self.base_dir / 'logs' / name
@@ -134,8 +134,6 @@ class Experiment:
         with guarded_write(self.log_dir, 'folder'):
             self.log_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(f'experiment {self.name!r}')
-        if self.stop is not None:
-            self.stop.run_log = self.log_dir / 'run.log'
         for folder, prefix in ((self.base_dir, f'{self.name}.pt.'), (self.log_dir, ''),
                                (self.pseudo_label_dir, '')):
             for path in remove_stale_temporaries(folder, prefix):
@@ -156,7 +154,7 @@ class Experiment:
         if echo:
             tqdm.write(message)
         with guarded_write(self.log_dir / 'run.log', 'log'), open(self.log_dir / 'run.log', 'a') as file:
-            file.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
+            file.write(log_line(message))
 
     def begin(self, command):
         """The run begins: its command line goes into run.log, and from now on its `ended:` line
@@ -164,6 +162,8 @@ class Experiment:
         never this folder's run and leaves the log of the run there as it was."""
         self.log(command)
         self.began = True
+        if self.stop is not None and self.is_main:
+            self.stop.run_log = self.log_dir / 'run.log'
 
     def scalar(self, tag, value, step):
         if self.is_main:

@@ -34,6 +34,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORCED_AT = 3   # the third signal outside a save ends the process at once
 
 
+def log_line(message):
+    """A line of run.log: the date and time, then the message."""
+    return f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n'
+
+
 class StopRequest:
     """Whether, and by which signal, the run was asked to stop.
 
@@ -47,7 +52,7 @@ class StopRequest:
         self.signal_name = None
         self.signals = 0
         self.saves = 0          # saves in progress: no signal interrupts them
-        self.run_log = None     # the run's run.log while it holds its name: a forced exit's last line
+        self.run_log = None     # run.log of the run once it began (Experiment.begin): a forced exit's last line
         self._write = write
         self._exit = exit
 
@@ -81,7 +86,7 @@ class StopRequest:
         try:
             descriptor = os.open(self.run_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(descriptor, f'{time.strftime("%Y-%m-%d %H:%M:%S")} {line}\n'.encode())
+                os.write(descriptor, log_line(line).encode())
             finally:
                 os.close(descriptor)
         except OSError:
