@@ -14,7 +14,7 @@ import torch
 
 import main
 from helpers import MAIN, TINY_FLAGS, run_main
-from utils.device import is_out_of_memory
+from utils.device import cgroup_memory_limit, is_out_of_memory, memory_available
 from utils.errors import OutOfMemory
 from utils.guards import check_memory_fits, memory_needs
 
@@ -69,6 +69,54 @@ def test_the_memory_check_refuses_only_what_certainly_cannot_fit(monkeypatch):
     monkeypatch.setattr('utils.guards.memory_available', lambda device: None)   # meta: unknown, nothing refused
     check_memory_fits(main.parse_args(['--state', '2', '--crop-size', '100000', '100000']), voc,
                       torch.device('meta'))
+
+
+def write_file(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_a_container_s_or_job_s_memory_cap_is_what_the_check_compares_against(tmp_path, monkeypatch):
+    """Under Slurm or in a container the cgroup's cap, not the machine's memory, is what a run
+    can use: a run over it is killed by the kernel (no line, no save). The lowest cap over the
+    process's cgroup and its ancestors counts, in cgroup v2 (`memory.max`) and v1
+    (`memory.limit_in_bytes`, whose "no limit" is the largest page-aligned int64)."""
+    mount = tmp_path / 'cgroup'
+    v2 = tmp_path / 'v2'
+    write_file(v2, '0::/slurm/job_7/step_0\n')
+    write_file(mount / 'memory.max', 'max\n')
+    write_file(mount / 'slurm' / 'memory.max', 'max\n')
+    write_file(mount / 'slurm' / 'job_7' / 'memory.max', f'{8 << 30}\n')        # the job's cap
+    write_file(mount / 'slurm' / 'job_7' / 'step_0' / 'memory.max', 'max\n')
+    assert cgroup_memory_limit(v2, mount) == 8 << 30
+    write_file(mount / 'slurm' / 'job_7' / 'step_0' / 'memory.max', f'{6 << 30}\n')
+    assert cgroup_memory_limit(v2, mount) == 6 << 30
+    write_file(mount / 'slurm' / 'job_7' / 'memory.max', f'{4 << 30}\n')        # a parent's lower cap holds
+    assert cgroup_memory_limit(v2, mount) == 4 << 30
+
+    v1 = tmp_path / 'v1'
+    write_file(v1, '5:cpu,cpuacct:/a\n4:memory:/docker/abc\n0::/\n')
+    write_file(mount / 'memory' / 'memory.limit_in_bytes', '9223372036854771712\n')   # v1's "no limit"
+    write_file(mount / 'memory' / 'docker' / 'abc' / 'memory.limit_in_bytes', '9223372036854771712\n')
+    write_file(mount / 'memory.max', 'max\n')
+    assert cgroup_memory_limit(v1, mount) is None
+    write_file(mount / 'memory' / 'docker' / 'memory.limit_in_bytes', f'{3 << 30}\n')
+    assert cgroup_memory_limit(v1, mount) == 3 << 30
+
+    inside = tmp_path / 'inside'   # a container names a folder its mount does not show: the mount's root
+    write_file(inside, '0::/kubepods/pod1/c2\n')
+    write_file(mount / 'memory.max', f'{2 << 30}\n')
+    assert cgroup_memory_limit(inside, mount) == 2 << 30
+    assert cgroup_memory_limit(tmp_path / 'no such file', mount) is None
+
+    monkeypatch.setattr('utils.device.cgroup_memory_limit', lambda: 1 << 30)
+    have, where = memory_available(torch.device('cpu'))
+    assert have == 1 << 30 and 'cgroup' in where
+    with pytest.raises(OutOfMemory, match=r"--crop-size 4000 4000: .* more than the 1.0 GiB of memory limit of this "
+                                          r"process's cgroup"):
+        check_memory_fits(main.parse_args(['--state', '2', '--crop-size', '4000', '4000']), VOC, torch.device('cpu'))
+    monkeypatch.setattr('utils.device.cgroup_memory_limit', lambda: None)
+    assert memory_available(torch.device('cpu'))[0] > 1 << 30
 
 
 class Huge(torch.utils.data.Dataset):

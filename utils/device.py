@@ -19,6 +19,7 @@ import errno
 import math
 import os
 import resource
+from pathlib import Path
 
 import torch
 
@@ -148,9 +149,10 @@ def is_out_of_memory(error):
 
 def memory_available(device):
     """(bytes, what they are) that the device has at most, or None where that is unknown (meta,
-    ...): a GPU's total memory; on a CPU the physical memory, or the address-space limit
-    (ulimit -v) where it is lower. An upper bound of what a run can use, for refusing sizes
-    that cannot fit (utils/guards.py), never for admitting one."""
+    ...): a GPU's total memory; on a CPU the physical memory, or where lower the address-space
+    limit (ulimit -v) or the memory limit of the process's cgroup (a container's or job's). An
+    upper bound of what a run can use, for refusing sizes that cannot fit (utils/guards.py),
+    never for admitting one."""
     if device.type == 'cuda':
         index = device.index if device.index is not None else torch.cuda.current_device()
         return torch.cuda.get_device_properties(index).total_memory, f'{torch.cuda.get_device_name(index)}\'s memory'
@@ -164,4 +166,59 @@ def memory_available(device):
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     if limit != resource.RLIM_INFINITY:
         candidates.append((limit, 'address space allowed (ulimit -v)'))
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        candidates.append((limit, "memory limit of this process's cgroup (its container's or job's)"))
     return min(candidates) if candidates else None
+
+
+# Limits at or above this mean "no limit" (cgroup v1 writes the largest page-aligned int64).
+UNLIMITED = 1 << 60
+
+
+def cgroup_memory_limit(membership=Path('/proc/self/cgroup'), mount=Path('/sys/fs/cgroup')):
+    """The lowest memory limit over the cgroups that hold this process and their ancestors, in
+    bytes, or None where there is none. A container or a cluster job (Slurm, Kubernetes) caps a
+    process's memory this way, below the machine's physical memory; a run over the cap is killed
+    by the kernel (SIGKILL: no line, no save), so the memory check must compare against it.
+    cgroup v2 keeps the cap in `memory.max`, v1 in `memory/.../memory.limit_in_bytes`. Where the
+    process's own folder is not visible (a container shows its cgroup as the mount's root), the
+    mount's root is read."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        fields = line.split(':', 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == '':
+            base, name = mount, 'memory.max'
+        elif 'memory' in controllers.split(','):
+            base, name = mount / 'memory', 'memory.limit_in_bytes'
+        else:
+            continue
+        folder = base / path.lstrip('/')
+        if not folder.is_dir():
+            folder = base
+        while True:
+            limit = read_memory_limit(folder / name)
+            if limit is not None:
+                limits.append(limit)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
+def read_memory_limit(path):
+    """A cgroup's memory limit file as bytes; None for no file, no limit (`max`) or no number."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) >= UNLIMITED:
+        return None
+    return int(text)
