@@ -74,9 +74,10 @@ def check_fractions(fractions):
 
 def labeled_count(total, fraction):
     """How many names are labeled: int(total / fraction), bumped by one when that leaves a last
-    training batch of a single image (k % 8 == 1), which batch norm cannot handle."""
+    training batch of a single image (k % 8 == 1), which batch norm cannot handle, unless the
+    bump would label every name (a list of two at 1/2: one labeled, one not)."""
     count = int(total / fraction)
-    if count % 8 == 1:
+    if count % 8 == 1 and count + 1 < total:
         count += 1
     return count
 
@@ -92,9 +93,10 @@ def make_splits(names, fractions, seed=PAPER_SEED, num_sets=PAPER_NUM_SETS):
         raise ValueError(f'num_sets must be at least 1, got {num_sets}')
     order = list(names)
     for fraction in fractions:
-        if labeled_count(len(order), fraction) < 1:
+        count = labeled_count(len(order), fraction)
+        if count < 1 or count >= len(order):
             raise ValueError(f'{len(order)} names are too few for fraction {fraction!r}: '
-                             'no name would be labeled')
+                             f'{"no name would be labeled" if count < 1 else "no name would be left unlabeled"}')
     rng = random.Random(seed)
     splits = {}
     for set_id in range(num_sets):
@@ -168,6 +170,21 @@ def files_to_write_into_shipped(folder, contents):
     return {name: data for name, data in contents.items() if not (folder / name).exists()}
 
 
+def refuse_changes_unless_overwrite(folder, contents, overwrite):
+    """Splits written before are what earlier runs trained on: another seed or list must not
+    replace them silently (nor leave a folder of two seeds' files), only with --overwrite."""
+    changed = None if overwrite else first_changed_file(folder, contents)
+    if changed is not None:
+        raise InputError(f'{folder / changed} exists with other ids (written before, from another list, seed or '
+                         f'--sets); pass --overwrite to replace the splits, or --out DIR to write them elsewhere')
+
+
+def other_split_files(folder, contents):
+    """Split files in `folder` that this run does not write (other fractions or set ids): left as
+    they are, but named, since they may come from another seed or list."""
+    return sorted(path.name for path in folder.glob('*_labeled_*.txt') if path.name not in contents)
+
+
 def prepare_out_dir(out_dir):
     """Create the output folder, blaming --out when that is impossible."""
     out_dir = Path(out_dir)
@@ -220,6 +237,8 @@ def build_parser():
                         help='sort the list first instead of refusing an unsorted one')
     parser.add_argument('--no-shares', action='store_true',
                         help='do not read the labels to print each labeled set\'s class pixel shares')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace split files written before with other ids (never the shipped ones)')
     return parser
 
 
@@ -240,6 +259,17 @@ def shipped_root():
 
 def inside_shipped(folder):
     return Path(folder).resolve().is_relative_to(shipped_root())
+
+
+def writes_its_shipped_folder(info, folder):
+    """Only VOC's and Cityscapes' own descriptions may complete their own shipped split folder;
+    any other description (whatever its `splits` says) or folder under data_splits/ is refused."""
+    from utils.dataset_description import DESCRIPTIONS_DIR, SHIPPED
+
+    shipped_description = (info.description is not None and Path(info.description).resolve().parent ==
+                           DESCRIPTIONS_DIR.resolve() and Path(info.description).name in SHIPPED.values())
+    return (shipped_description and info.splits_dir is not None
+            and Path(folder).resolve() == Path(info.splits_dir).resolve())
 
 
 def read_dataset(value):
@@ -269,8 +299,10 @@ def choose_dataset(args):
             raise InputError(f'--list: {info.description} {where}; pass --list, the full training list')
         list_path = dp.find_list(info, root, info.train_list)
     out = info.splits_dir if info.splits_dir is not None else root / info.list_dir
-    if args.out is None and info.splits_dir is None and inside_shipped(out):
-        raise InputError(f'{info.description}: its list folder {out} is inside the shipped splits {shipped_root()}')
+    if args.out is None and inside_shipped(out) and not writes_its_shipped_folder(info, out):
+        key = 'splits' if info.splits_dir is not None else 'lists'
+        raise InputError(f'{info.description}: {key}: {out} is inside the shipped splits {shipped_root()}, which '
+                         f'hold the paper\'s splits of VOC and Cityscapes; point it elsewhere or pass --out DIR')
     if args.out is not None and info.splits_dir is None and inside_shipped(args.out):
         raise InputError(f'--out {args.out} is inside the shipped splits {shipped_root()}, which hold the paper\'s '
                          f'splits of VOC and Cityscapes; write the splits of {info.name} elsewhere (default: '
@@ -280,7 +312,13 @@ def choose_dataset(args):
 
 def run(args):
     info, root, default_fractions, list_path, default_out = choose_dataset(args)
-    fractions = default_fractions if args.fractions is None else parse_fractions(args.fractions)
+    if args.fractions is None:
+        try:
+            fractions = check_fractions(list(default_fractions))
+        except ValueError as error:
+            raise InputError(f'{info.description}: split_fractions: {error}; or pass --fractions') from None
+    else:
+        fractions = parse_fractions(args.fractions)
     if args.sets < 1:
         raise InputError(f'--sets must be at least 1, got {args.sets}')
     names = read_list(list_path, sort=args.sort)
@@ -292,6 +330,9 @@ def run(args):
     out_dir = default_out if args.out is None else args.out
     if inside_shipped(out_dir):
         out_dir = Path(out_dir)
+        if not writes_its_shipped_folder(info, out_dir):
+            raise InputError(f'--out {out_dir} is inside the shipped splits {shipped_root()}; only {info.name}\'s '
+                             f'own shipped folder may be completed there: pass --out DIR elsewhere')
         written = files_to_write_into_shipped(out_dir, contents)
         write_split_files(out_dir, written, f'shipped split folder {out_dir}')
         print(f'wrote {len(written)} of {len(contents)} split files for {len(names)} names to '
@@ -299,8 +340,14 @@ def run(args):
               'byte-identical')
     else:
         out_dir = prepare_out_dir(out_dir)
+        refuse_changes_unless_overwrite(out_dir, contents, args.overwrite)
         write_split_files(out_dir, contents, f'--out {out_dir}')
         print(f'wrote {len(contents)} split files for {len(names)} names to {out_dir}')
+        others = other_split_files(out_dir, contents)
+        if others:
+            print(f'note: {len(others)} labeled lists there were not written by this run ({", ".join(others[:3])}'
+                  f'{", ..." if len(others) > 3 else ""}): they stay as they were, from whatever list and seed made '
+                  f'them')
     if not args.no_shares and (info.splits_dir is None or labels_present(info, root, names)):
         print_class_shares(info, root, splits, names)
 

@@ -11,6 +11,7 @@ worked out here by hand or by plain loops, not by the code under test.
   the shipped splits are never changed, whatever path names them (issue 20, section 4);
 - ids are compared as the files they name: `./x` is `x`, and two ids of one file are refused.
 """
+import os
 import shutil
 from pathlib import Path
 
@@ -146,6 +147,16 @@ labels: labels/{id}.png
     ('label_encodng: index\n', "unknown key 'label_encodng' (did you mean label_encoding?)"),
     ('eval: {fit: crop}\n', "eval: fit 'crop' is not one of pad, resize"),
     ('crop_size: [0, 10]\n', 'crop_size: must be [height, width]'),
+    # a probe's findings: read as something else than written, or a traceback further on
+    ('normalization: {bgr: "no"}\n', "normalization: bgr must be true or false, found 'no'"),
+    ('normalization: {scale: abc}\n', "normalization: scale must be a positive number"),
+    ('normalization: {scale: 0}\n', "normalization: scale must be a positive number"),
+    ('normalization: {std: [.nan, 1, 1]}\n', 'normalization: std must be three finite numbers'),
+    ('normalization: {mean: [.inf, 0, 0]}\n', 'normalization: mean must be three finite numbers'),
+    ('split_fractions: [.inf]\n', 'split_fractions: must be a list of finite numbers s > 1'),
+    ('train_list: ../../other/lists/train\n', "train_list: '../../other/lists/train' must name a list in"),
+    ('name: other\n', "key 'name' is given twice (lines 1 and 5)"),
+    ('eval: {fit: pad, fit: resize}\n', "key 'fit' is given twice"),
 ])
 def test_a_description_that_contradicts_itself_names_the_key(tmp_path, extra, named):
     path = tmp_path / 'tiny.yaml'
@@ -163,6 +174,10 @@ def test_a_description_that_contradicts_itself_names_the_key(tmp_path, extra, na
     (BASE.replace('labels/{id}.png', 'labels/{subset}/{id}.png') + 'subsets: {val: val}\n', 'subsets: needs a default'),
     ('name: x\nclasses: [a\n', 'is not valid YAML'),
     ('- a list\n', 'a dataset description is a mapping'),
+    (BASE.replace('images/{id}.jpg', 'images/{id!r}.jpg'), 'without a format or conversion'),
+    (BASE.replace('images/{id}.jpg', 'images/{id:>20}.jpg'), 'without a format or conversion'),
+    (BASE.replace('images/{id}.jpg', 'images\\\\{id}.jpg'), 'separate folders with /'),
+    (BASE.replace('[background, thing, other]', '[crack]'), 'is one class: a segmentation tells at least two apart'),
 ])
 def test_descriptions_refused_for_their_form(tmp_path, text, named):
     path = tmp_path / 'tiny.yaml'
@@ -308,7 +323,7 @@ def test_generate_splits_never_changes_the_shipped_splits_whatever_names_them(re
     mine.write_text(''.join(f'img{i:04d}\n' for i in range(300)))
     for out in (shipped, copy / 'data_splits' / '..' / 'data_splits' / 'PASCAL_VOC_2012'):
         status, out_text, err = call(generate_splits, '--dataset', 'voc', '--list', mine, '--out', out)
-        assert status == 2 and 'holds the shipped splits' in err and out_text == ''
+        assert status == 2 and 'shipped splits' in err and out_text == ''
     assert {path.name: path.read_bytes() for path in shipped.iterdir()} == before
 
 
@@ -327,6 +342,63 @@ def test_generate_splits_of_a_description_goes_to_its_list_folder_and_never_data
     status, _, err = call(generate_splits, '--dataset', data / 'd.yaml', '--out', repo_root / 'data_splits' / 'x')
     assert status == 2 and 'is inside the shipped splits' in err
     assert not (repo_root / 'data_splits' / 'x').exists()
+
+
+def test_generate_splits_of_a_description_never_replaces_splits_silently(tmp_path, repo_root):
+    """A probe's findings: another --seed rewrote the splits silently (and left the other fractions
+    of the old seed beside them); a description whose `splits` names data_splits/ wrote there; a
+    list of two at 1/2 labeled both and left an empty unlabeled list; fractions of the description
+    that name one file twice were blamed on the list."""
+    data = folders(tmp_path, [np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8)] * 6)
+    assert describe(data)[0] == 0
+    lists = data / 'lists'
+    assert call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2,4', '--sets', '1')[0] == 0
+    before = {path.name: path.read_bytes() for path in lists.iterdir()}
+    status, out, err = call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2', '--sets', '1',
+                            '--seed', '1')
+    assert status == 2 and out == '' and err.count('\n') == 1
+    assert f'{lists / "1_labeled_0.txt"} exists with other ids' in err and '--overwrite' in err
+    assert {path.name: path.read_bytes() for path in lists.iterdir()} == before
+    status, out, err = call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2', '--sets', '1',
+                            '--seed', '1', '--overwrite')
+    assert status == 0, err
+    assert (lists / '2_labeled_0.txt').read_bytes() != before['2_labeled_0.txt']
+    assert 'note: 1 labeled lists there were not written by this run (4_labeled_0.txt)' in out
+    status, _, err = call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2', '--sets', '1',
+                          '--seed', '1')
+    assert status == 0, err   # the same splits again: nothing changes, nothing refused
+
+    description = data / 'd.yaml'
+    text = description.read_text()
+    description.write_text(text + f'splits: {os.path.relpath(repo_root / "data_splits" / "MINE", data)}\n')
+    status, _, err = call(generate_splits, '--dataset', description, '--fractions', '2', '--sets', '1')
+    assert status == 2 and 'splits: ' in err and 'is inside the shipped splits' in err
+    assert not (repo_root / 'data_splits' / 'MINE').exists()
+    description.write_text(text.replace('lists: lists', 'split_fractions: [2, 2.2]\nlists: lists'))
+    status, _, err = call(generate_splits, '--dataset', description, '--out', tmp_path / 'other')
+    assert status == 2 and f'{description}: split_fractions: fractions 2.0 and 2.2 both give file name 2' in err
+
+    two = tmp_path / 'two.txt'
+    two.write_text('a\nb\n')
+    status, _, err = call(generate_splits, '--dataset', data / 'd.yaml', '--list', two, '--fractions', '2',
+                          '--sets', '1', '--out', tmp_path / 'two', '--no-shares')
+    assert status == 0, err
+    assert [len((tmp_path / 'two' / f'2_{kind}_0.txt').read_text().split()) for kind in ('labeled', 'unlabeled')] \
+        == [1, 1]
+    one = tmp_path / 'one.txt'
+    one.write_text('a\n')
+    status, _, err = call(generate_splits, '--dataset', data / 'd.yaml', '--list', one, '--fractions', '1.5',
+                          '--sets', '1', '--out', tmp_path / 'one', '--no-shares')
+    assert status == 2 and 'too few for fraction' in err
+
+
+def test_generate_splits_for_voc_writes_nothing_into_another_shipped_folder(tmp_path, repo_root):
+    mine = tmp_path / 'mine.txt'
+    mine.write_text(''.join(f'img{i:04d}\n' for i in range(300)))
+    status, _, err = call(generate_splits, '--dataset', 'voc', '--list', mine, '--fractions', '3',
+                          '--out', repo_root / 'data_splits' / 'Cityscapes')
+    assert status == 2 and "only voc's own shipped folder" in err
+    assert not (repo_root / 'data_splits' / 'Cityscapes' / '3_labeled_0.txt').exists()
 
 
 # --- ids are the files they name ------------------------------------------------------------------

@@ -90,7 +90,8 @@ class RunContext:
                                    threads=max(self.runtime.workers, 2), log=self.experiment.log,
                                    stop=self.runtime.stop)
             if kind == 'eval' and info.base_size is None:
-                check_fits_canvas(dataset, report.sizes, tuple(self.args.eval_size or info.eval_size))
+                source = '--eval-size' if self.args.eval_size else f'eval size of {info.description or info.name}'
+                check_fits_canvas(dataset, report.sizes, tuple(self.args.eval_size or info.eval_size), source)
             self.note_checked(list_name, dataset, report)
         return dataset
 
@@ -341,7 +342,7 @@ def check_list_unchanged(dataset, recorded):
                          f'at the start); restore it, or start the run again')
 
 
-def check_fits_canvas(dataset, sizes, canvas):
+def check_fits_canvas(dataset, sizes, canvas, source='--eval-size'):
     """VOC evaluation and labeling pad every image to --eval-size and refuse a larger one
     (cropping would drop pixels from the scores): found here, before the first training step,
     not at the first validation."""
@@ -353,8 +354,9 @@ def check_fits_canvas(dataset, sizes, canvas):
     need = (max([canvas[0]] + [size[0] for size in sizes]), max([canvas[1]] + [size[1] for size in sizes]))
     others = f', and so are {len(too_large) - 1} more of {dataset.list_path}' if len(too_large) > 1 else ''
     raise InputError(f'{dataset.image_path(too_large[0])}: image is {height}x{width}, larger than the '
-                     f'evaluation canvas {canvas[0]}x{canvas[1]} (--eval-size){others}; use --eval-size '
-                     f'{need[0]} {need[1]} or more')
+                     f'evaluation canvas {canvas[0]}x{canvas[1]} ({source}){others}; use --eval-size '
+                     f'{need[0]} {need[1]} or more' + ('' if source == '--eval-size' else
+                                                       ' (or that eval size in the description)'))
 
 
 def normalise(value):

@@ -17,6 +17,7 @@ in one line naming the file and the key, before anything reads data.
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import string
@@ -190,13 +191,45 @@ def read_description(path):
     except OSError as error:
         raise InputError(f'{path}: cannot read dataset description ({error.strerror})') from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=unique_key_loader())
+    except DuplicateKey as error:
+        raise InputError(f'{path}: key {error.key!r} is given twice (lines {error.first} and {error.second}): '
+                         f'YAML would keep the last silently; keep one') from None
     except yaml.YAMLError as error:
         mark = getattr(error, 'problem_mark', None)
         where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else ''
         problem = getattr(error, 'problem', None) or 'not valid YAML'
         raise InputError(f'{path}: dataset description is not valid YAML{where}: {problem}') from None
     return build_info(data, path)
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key, first, second):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def unique_key_loader():
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML
+    keeps the last one silently, so a description edited by hand (a second `name:` or `eval:`
+    further down) would say something other than what its reader sees first."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:   # an unhashable key: PyYAML's own error follows
+                    break
+                if first is not None:
+                    raise DuplicateKey(key, first, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 class Fields:
@@ -274,8 +307,8 @@ def build_info(data, path):
 def read_fractions(fields):
     value = fields.data.get('split_fractions', [2, 4, 8])
     if (not isinstance(value, list) or not value
-            or not all(isinstance(part, (int, float)) and not isinstance(part, bool) and part > 1 for part in value)):
-        raise fields.error('split_fractions', f'must be a list of numbers s > 1 (fractions 1/s), found {value!r}')
+            or not all(is_number(part) and math.isfinite(part) and part > 1 for part in value)):
+        raise fields.error('split_fractions', f'must be a list of finite numbers s > 1 (fractions 1/s), found {value!r}')
     return tuple(float(part) for part in value)
 
 
@@ -288,6 +321,9 @@ def read_classes(fields):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
             raise fields.error('classes', f'entry {position} is {value!r}, not a name')
         names.append(str(value).strip())
+    if len(names) < 2:
+        raise fields.error('classes', f'{names} is one class: a segmentation tells at least two apart (e.g. '
+                                      f'[background, {names[0]}])')
     seen = {}
     for position, class_name in enumerate(names):
         if class_name in seen:
@@ -395,14 +431,20 @@ def read_encoding(fields, classes, colors):
 def read_template(fields, key):
     template = fields.text(key, required=True)
     try:
-        parsed = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
     except ValueError as error:
         raise fields.error(key, f'{template!r} is not a path template ({error})') from None
-    unknown = [field for field in parsed if field not in TEMPLATE_FIELDS]
-    if unknown or parsed.count('id') != 1:
+    fields_named = [field for field, _, _ in parsed]
+    unknown = [field for field in fields_named if field not in TEMPLATE_FIELDS]
+    if unknown or fields_named.count('id') != 1:
         raise fields.error(key, f'{template!r} must name {{id}} once (and may name {{subset}}): e.g. images/{{id}}.jpg')
-    parts = template.replace('\\', '/').split('/')
-    if template.startswith(('/', '\\')) or '..' in parts or ':' in parts[0]:
+    if any(spec or conversion for _, spec, conversion in parsed):
+        raise fields.error(key, f'{template!r}: write {{id}} and {{subset}} plainly, without a format or conversion')
+    if '\\' in template:
+        raise fields.error(key, f'{template!r}: separate folders with /, on every system')
+    parts = template.split('/')
+    if template.startswith('/') or '..' in parts or ':' in parts[0]:
         raise fields.error(key, f'{template!r} must be a path inside the data root')
     return template
 
@@ -432,9 +474,15 @@ def read_relative(fields, key, default):
 
 
 def list_name(fields, key):
+    """A list's name in the list folder (`train`, or `train.txt`); never a path out of it."""
     value = fields.text(key)
-    if value is not None and value.endswith('.txt'):
+    if value is None:
+        return None
+    if value.endswith('.txt'):
         value = value[:-4]
+    parts = value.replace('\\', '/').split('/')
+    if not value.strip() or value.startswith(('/', '\\')) or '..' in parts or ':' in parts[0]:
+        raise fields.error(key, f'{value!r} must name a list in the dataset\'s list folder (lists), e.g. train')
     return value
 
 
@@ -465,18 +513,29 @@ def read_normalization(fields):
         unknown = [key for key in value if key not in NORMALIZATION_KEYS]
         if unknown:
             raise fields.error('normalization', f'unknown key {unknown[0]!r} (known: {", ".join(NORMALIZATION_KEYS)})')
-        chosen = dict(IMAGENET, bgr=bool(value.get('bgr', False)), scale=value.get('scale', IMAGENET['scale']))
+        bgr = value.get('bgr', False)
+        if not isinstance(bgr, bool):
+            raise fields.error('normalization', f'bgr must be true or false, found {bgr!r}')
+        scale = value.get('scale', IMAGENET['scale'])
+        if not (is_number(scale) and math.isfinite(scale) and scale > 0):
+            raise fields.error('normalization', f'scale must be a positive number (1/255 for pixels in 0..1, 1 for '
+                                                f'0..255), found {scale!r}')
+        chosen = dict(IMAGENET, bgr=bgr, scale=scale)
         for key in ('mean', 'std'):
             triple = value.get(key, chosen[key])
             if (not isinstance(triple, (list, tuple)) or len(triple) != 3
-                    or not all(isinstance(part, (int, float)) and not isinstance(part, bool) for part in triple)):
-                raise fields.error('normalization', f'{key} must be three numbers, found {triple!r}')
+                    or not all(is_number(part) and math.isfinite(part) for part in triple)):
+                raise fields.error('normalization', f'{key} must be three finite numbers, found {triple!r}')
             chosen[key] = tuple(float(part) for part in triple)
         if any(part <= 0 for part in chosen['std']):
             raise fields.error('normalization', 'std must be positive')
     else:
         raise fields.error('normalization', f'{value!r} is not imagenet, coco or a mapping {{mean, std}}')
     return (tuple(chosen['mean']), tuple(chosen['std']), bool(chosen['bgr']), float(chosen['scale']))
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def resolve_root(info, data_root=None):
