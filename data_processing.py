@@ -306,7 +306,12 @@ class ImageFiles(torch.utils.data.Dataset):
     With a padding evaluation, an image that fits the canvas is padded to it (so images batch,
     as evaluation does); a larger one is left at its size, and predicted alone, window by window
     (`oversize`). With a resizing one (Cityscapes' 512x1024), every image is resized first.
-    Items are those of `SegmentationDataset` without a label, plus 'oversize'.
+    Items are those of `SegmentationDataset` without a label, plus 'oversize' and 'error'.
+
+    An image that fails to decode (a cut-off BMP or TIFF, a PNG whose compressed data is corrupt
+    under valid checksums: the check before the run reads headers and checksums, not every
+    pixel) gives an item whose 'error' says why ('' for the others), so that one bad file costs
+    its own prediction rather than the run; its image is a stand-in of the batch's shape.
     """
 
     def __init__(self, info, paths, sizes, coco=False, eval_size=None):
@@ -322,12 +327,18 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        image = load_image(self.paths[index])
+        path = self.paths[index]
+        error = ''
+        try:
+            image = load_image(path)
+        except InputError as failure:
+            error = str(failure).removeprefix(f'{path}: ')
+            image = torch.zeros((3, 1, 1), dtype=torch.uint8)
         file_size = tuple(image.shape[-2:])
         own_size = tuple(self.info.base_size or file_size)
-        image, _ = (self.alone if self.oversize[index] else self.fitting)(image, None)
+        image, _ = (self.alone if self.oversize[index] and not error else self.fitting)(image, None)
         return {'image': image, 'index': index, 'own_size': torch.tensor(own_size),
-                'file_size': torch.tensor(file_size), 'oversize': self.oversize[index]}
+                'file_size': torch.tensor(file_size), 'oversize': self.oversize[index], 'error': error}
 
 
 def pseudo_label_path(pseudo_label_dir, name):

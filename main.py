@@ -28,7 +28,7 @@ from models import BACKBONES
 from utils import distributed
 from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
-from utils.device import configure_backends, is_out_of_memory, use_channels_last
+from utils.device import configure_backends, is_out_of_memory, is_shared_memory_exhausted, use_channels_last
 from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
 from utils.evaluation import run_evaluation
 from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
@@ -387,6 +387,8 @@ def what_ended(context, error):
     word their own) says what was saved; running out of memory is OutOfMemory on every device."""
     if isinstance(error, StopRequested):
         return Interrupted(stop_message(context, error))
+    if is_shared_memory_exhausted(error):
+        return out_of_shared_memory()
     if is_out_of_memory(error):
         return out_of_memory(error)
     return error
@@ -399,6 +401,11 @@ def stop_message(context, stop):
     if context.args.state in TRAINING_STATES and last.exists():
         return f'{name}: the last saved state is {last}; continue with the same command and --resume'
     return f'{name} during state {context.args.state}: nothing was saved to resume from; run the same command again'
+
+
+def out_of_shared_memory():
+    return OutOfMemory('out of shared memory (/dev/shm), where the loader workers hand their batches over: use '
+                       '--workers 0, or give the container more /dev/shm (e.g. docker --shm-size=8g)')
 
 
 def out_of_memory(error):
@@ -425,7 +432,9 @@ def run_to_the_end(argv, stop):
     except RunError as error:
         return fail(error)
     except Exception as error:
-        if is_out_of_memory(error):   # outside the run's experiment
+        if is_shared_memory_exhausted(error):   # outside the run's experiment
+            return fail(out_of_shared_memory())
+        if is_out_of_memory(error):
             return fail(out_of_memory(error))
         if not distributed.is_distributed_error(error):
             distributed.report_failure(f'{type(error).__name__}: {one_line(error)[:200]}')

@@ -2,9 +2,11 @@
 
     python predict.py --dataset D --checkpoint CKPT --out DIR INPUT [INPUT ...]
 
-INPUTs are image files, folders (walked recursively), globs (quoted: 'photos/**/*.jpg') or list
-files (.txt: one image path per line, relative to the list, or a dataset id under the data root).
-For each image, at its own size, keeping its path relative to its input and its stem:
+INPUTs are image files, folders (walked recursively, links to folders followed), globs (quoted:
+'photos/**/*.jpg') or list files (.txt: per line an image file, absolute or relative to the list's
+folder, else a dataset id under the data root). An image reached twice is predicted once; a folder
+holding predict.py's outputs is skipped. For each image, at its own size, keeping its path
+relative to its input (below a list's folder, else its name) and its stem:
 - DIR/index/<path>.png    class indices, the dataset's palette embedded (any viewer shows the
                           colours, any program reads the indices)
 - DIR/color/<path>.png    the class colours (RGB)
@@ -17,10 +19,11 @@ For each image, at its own size, keeping its path relative to its input and its 
 The inference is the evaluation's (utils/inference.py: scales, flip, sliding window, precision,
 device, batches, several processes under torchrun), so the same checkpoint and options give the
 classes state 3 writes with --save-predictions. An image larger than the evaluation canvas is
-predicted window by window at its own size. Files that are not images are skipped, one line each.
-Refused in one line: a checkpoint for another class count or other classes than the dataset's, an
-output folder inside an input folder (or an input inside it), and a folder holding earlier
-outputs (unless --overwrite).
+predicted window by window at its own size. Files that are not images, or that fail to decode,
+are skipped, one line each. Refused in one line: a checkpoint for another class count or other
+classes than the dataset's, an output folder inside an input folder (or an input inside it), two
+images whose outputs would take one name, and a folder holding earlier outputs (unless
+--overwrite, which removes them once every check has passed, before the first write).
 """
 import sys
 
@@ -34,8 +37,12 @@ if __name__ == '__main__':   # not in a spawned loader worker, which imports thi
 
 import argparse
 import csv
+import errno
 import glob
 import io
+import json
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +68,13 @@ def build_parser():
     parser.add_argument('--confidence', choices=('none', 'png16', 'npy'), default='none',
                         help='also write the confidence map (probability of the chosen class)')
     parser.add_argument('--summary', choices=('csv', 'json'), default='csv', help='format of the per-image summary')
+    network = parser.add_argument_group('network (for a checkpoint that records none; as main.py\'s flags)')
+    network.add_argument('--backbone', default=None,
+                         help='resnet101, resnet50 or resnet14: what the checkpoint\'s training run used '
+                              '(default: what the checkpoint records, else resnet101)')
+    network.add_argument('--head-branches', type=int, choices=(2, 4), default=None,
+                         help='2 = the original\'s head, 4 = all four branches (default: what the checkpoint '
+                              'records, else 2)')
     inference = parser.add_argument_group('inference (as state 3)')
     inference.add_argument('--scales', type=float, nargs='+', default=[1.0],
                            help='average softmax probabilities over these input scales')
@@ -87,16 +101,25 @@ class Inputs:
 
     def __init__(self):
         self.paths, self.stems, self.skipped = [], [], []
-        self.folders = []       # input folders (no output may land in one)
-        self.origin = {}        # output stem -> the input that gave it
+        self.folders = []       # real input folders, linked ones included (no output may land in one)
+        self.origin = {}        # output stem -> (the file that gave it, the INPUT it came from)
+        self.files = set()      # real paths taken: a file reached twice is predicted once
+        self.outputs = {}       # folder -> whether it holds predict.py's outputs (asked once)
 
     def add(self, path, stem, given):
+        from utils.errors import InputError
+
+        real = os.path.realpath(path)
+        if real in self.files:
+            return
         stem = stem.replace('\\', '/')
+        if not stem or stem.startswith('/') or '..' in stem.split('/'):
+            raise InputError(f'{path}: its outputs would be written outside --out (as {stem}.png); give the '
+                             f'file itself, or a pattern or list that names it without ".."')
         if stem in self.origin:
-            from utils.errors import InputError
-            raise InputError(f'{path} and {self.origin[stem]} would both be written as {stem}.png: predict them '
-                             f'into two --out folders, or give their folders rather than the files')
-        self.origin[stem] = path
+            raise InputError(name_clash(stem, self.origin[stem], (Path(path), given)))
+        self.files.add(real)
+        self.origin[stem] = (Path(path), given)
         self.paths.append(Path(path))
         self.stems.append(stem)
 
@@ -104,10 +127,52 @@ class Inputs:
         self.skipped.append((str(path), why))
         print(f'skipped {path}: {why}')
 
+    def holds_outputs(self, folder):
+        """Does `folder` hold the outputs of a predict.py run (its predictions.json)? Said once
+        per folder, as a skipped folder: a run that wrote into an input's folder would otherwise
+        have its outputs predicted as photos by the next run over that folder."""
+        folder = Path(folder)
+        if folder not in self.outputs:
+            self.outputs[folder] = written_by_predict(folder / 'predictions.json')
+            if self.outputs[folder]:
+                self.skip(f'{folder}/', 'outputs of predict.py')
+        return self.outputs[folder]
+
+
+def written_by_predict(path):
+    """Is `path` a predictions.json this program wrote? Told by the fields it writes there."""
+    try:
+        meta = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(meta, dict) and 'checkpoint_sha256' in meta and isinstance(meta.get('outputs'), dict)
+            and 'index' in meta['outputs'])
+
+
+def name_clash(stem, first, second):
+    """What to do about two images whose outputs would take one name, worded for how they came."""
+    (one, one_input), (other, other_input) = first, second
+    both = f'{one} and {other} would both be written as {stem}.png'
+    if os.path.realpath(one.parent) == os.path.realpath(other.parent):
+        return f'{both} (one name, two extensions, in one folder): rename one of them'
+    if one_input == other_input:
+        return f'{both} (both from {one_input}): rename one, or predict them into two --out folders'
+    if Path(one_input).is_dir() and Path(other_input).is_dir():
+        return (f'{both}: the input folders {one_input} and {other_input} hold the same path; predict each '
+                f'folder into its own --out folder, or rename one')
+    return (f'{both}: predict them into two --out folders, give one folder holding both (the outputs keep '
+            f'the paths below it), or rename one')
+
 
 def stem_of(relative):
     relative = Path(relative)
     return relative.with_suffix('').as_posix()
+
+
+def normal(path):
+    """`path` absolute, with `.` and `..` resolved lexically (the file is still read through the
+    path as given: the operating system follows links where a lexical `..` cannot)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def collect_inputs(values, info, data_root):
@@ -118,27 +183,65 @@ def collect_inputs(values, info, data_root):
     for value in values:
         path = Path(value)
         if path.is_dir():
-            inputs.folders.append(path.resolve())
-            found = sorted(candidate for candidate in path.rglob('*') if candidate.is_file())
-            for candidate in found:
-                add_file(inputs, candidate, stem_of(candidate.relative_to(path)))
+            add_folder(inputs, path, value)
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
             add_list(inputs, path, info, data_root)
         elif path.is_file():
-            add_file(inputs, path, path.stem)
+            add_file(inputs, path, path.stem, value)
         elif glob.has_magic(value):
-            matches = sorted(Path(match) for match in glob.glob(value, recursive=True))
-            if not matches:
-                raise InputError(f'{value}: the pattern matches no file')
-            base = glob_base(value)
-            for match in matches:
-                if match.is_file():
-                    add_file(inputs, match, stem_of(match.relative_to(base)))
+            add_glob(inputs, value)
+        elif path.is_symlink():
+            raise InputError(f'{value}: {link_problem(path)}')
         else:
             raise InputError(f'{value}: no such file or folder')
     if not inputs.paths:
         raise InputError('no image to predict among the inputs')
     return inputs
+
+
+def add_folder(inputs, folder, given):
+    """Every file below `folder`, in path order. Links to folders are followed, each real folder
+    once (a link to a folder above it cannot loop), real subfolders before links so that a file
+    keeps its own path where it has one; a link to nothing, a folder that cannot be read and a
+    folder of predict.py's outputs are skipped, one line each."""
+    visited, found = set(), []
+
+    def unreadable(error):
+        inputs.skip(f'{error.filename}/', f'cannot read the folder ({error.strerror})')
+
+    for current, subfolders, names in os.walk(folder, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(current)
+        if real in visited or inputs.holds_outputs(current):
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        inputs.folders.append(Path(real))
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(current, name)), name))
+        found.extend(Path(current) / name for name in names)
+    for path in sorted(found):
+        add_found(inputs, path, stem_of(path.relative_to(folder)), given)
+
+
+def add_glob(inputs, pattern):
+    """A glob's matches, each under its path below the folder before the pattern's first
+    wildcard. Both are normalised first: a `..` after a wildcard ('f*/../f3/*.png') kept in a
+    path wrote outputs outside --out, and reached one file under several names."""
+    from utils.errors import InputError
+
+    matches = sorted(Path(match) for match in glob.glob(pattern, recursive=True))
+    if not matches:
+        raise InputError(f'{pattern}: the pattern matches no file')
+    base = glob_base(normal(pattern))
+    for match in matches:
+        where = normal(match)
+        if not where.is_relative_to(base):
+            raise InputError(f'{pattern}: {match} is not below {base}, the folder before the first wildcard once '
+                             f'".." is resolved, so its outputs have no path below --out; give a pattern without '
+                             f'".." after a wildcard')
+        between = [folder for folder in where.parents if folder.is_relative_to(base)]
+        if match.is_dir() or any(inputs.holds_outputs(folder) for folder in reversed(between)):
+            continue
+        add_found(inputs, match, stem_of(where.relative_to(base)), pattern)
 
 
 def glob_base(pattern):
@@ -152,38 +255,131 @@ def glob_base(pattern):
     return Path(*fixed) if fixed else Path('.')
 
 
-def add_file(inputs, path, stem):
+def add_found(inputs, path, stem, given):
+    """A path a folder walk or a glob found: a file, or else skipped with what it is."""
+    if path.is_file():
+        add_file(inputs, path, stem, given)
+    elif path.is_symlink():
+        inputs.skip(path, link_problem(path))
+    elif not path.is_dir():
+        inputs.skip(path, 'not a regular file')
+
+
+def link_problem(path):
+    """Why a symbolic link leads to no file or folder."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        why = 'which does not exist' if error.errno == errno.ENOENT else f'which cannot be followed ({error.strerror})'
+        return f'a link to {os.readlink(path)}, {why}'
+    return 'a link to neither a file nor a folder'
+
+
+def add_file(inputs, path, stem, given):
     from utils.images import IMAGE_EXTENSIONS
 
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         inputs.skip(path, 'not an image file')
         return
-    inputs.add(path, stem, path)
+    inputs.add(path, stem, given)
 
 
 def add_list(inputs, list_path, info, data_root):
-    """A list: each line an image path (relative to the list's folder, or absolute), or else a
-    dataset id, found as the dataset finds it (what state 3's --save-predictions names)."""
+    """A list: a line naming an existing file (absolute, or relative to the list's folder, `..`
+    allowed) is that file, its outputs under its path below the list's folder, or its name where
+    it lies outside; any other line is a dataset id, found as the dataset finds it (what state
+    3's --save-predictions names)."""
     import data_processing as dp
     from utils.errors import InputError
 
-    root = None
-    for number, line in dp.read_numbered_list(list_path):
+    folder = normal(list_path.parent)
+    root, entries = None, 0
+    for number, line in enumerate(dp.list_text(list_path, dp.list_bytes(list_path)).splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        entries += 1
         candidate = Path(line) if Path(line).is_absolute() else list_path.parent / line
         if candidate.is_file():
-            add_file(inputs, candidate, stem_of(line) if not Path(line).is_absolute() else candidate.stem)
+            where = normal(candidate)
+            stem = stem_of(where.relative_to(folder)) if where.is_relative_to(folder) else candidate.stem
+            add_file(inputs, candidate, stem, str(list_path))
             continue
+        neither = (f'{list_path} line {number}: {line!r} is neither an existing file (absolute, or relative to '
+                   f'{list_path.parent}) nor an id of {info.title}')
+        try:
+            dp.check_entry(list_path, number, line)
+        except InputError:
+            raise InputError(f'{neither} (an id names files inside the data root)') from None
         if root is None:
             try:
                 root = dp.resolve_root(info, data_root)
             except InputError:
-                raise InputError(f'{list_path} line {number}: {line!r} is no file, nor an id of {info.title} '
-                                 f'(no data root: pass --data-root)') from None
-        image = info.image_path(root, line, info.subset_of(list_path.stem))
+                raise InputError(f'{neither} (no data root: pass --data-root)') from None
+        name = dp.normalise_id(line)
+        image = info.image_path(root, name, info.subset_of(list_path.stem))
         if not image.is_file():
-            raise InputError(f'{list_path} line {number}: {line!r} is no file, nor an id of {info.title} '
-                             f'({image} not found)')
-        inputs.add(image, line, image)
+            raise InputError(f'{neither} ({image} not found)')
+        inputs.add(image, name, str(list_path))
+    if not entries:
+        raise InputError(f'list file {list_path} is empty (no names)')
+
+
+# The flags predict.py shares with main.py, checked by main.py's own argparse types. main.py
+# imports torch at its top, so they are applied once run() has imported torch rather than at parse
+# time; still before the checkpoint is read.
+SHARED_FLAG_TYPES = (('--scales', 'positive_number'), ('--sliding-window', 'positive_int'),
+                     ('--window-stride', 'positive_int'), ('--eval-size', 'positive_int'),
+                     ('--batch-size', 'positive_int'), ('--workers', 'non_negative_int'))
+
+
+def check_flags(args):
+    """Each shared flag as main.py would take it, one line naming a bad one (--scales nan was a
+    traceback, --scales 0 every pixel class 0 with exit 0)."""
+    import main as main_program
+    from models import BACKBONES
+    from utils.errors import InputError
+
+    for flag, type_name in SHARED_FLAG_TYPES:
+        attribute = flag[2:].replace('-', '_')
+        value = getattr(args, attribute)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        try:
+            checked = [getattr(main_program, type_name)(str(item)) for item in values]
+        except argparse.ArgumentTypeError as error:
+            raise InputError(f'argument {flag}: {error}') from None
+        setattr(args, attribute, checked if isinstance(value, list) else checked[0])
+    if not 0.0 <= args.opacity <= 1.0:
+        raise InputError(f'argument --opacity: must lie in 0..1, got {args.opacity}')
+    if args.backbone is not None and args.backbone not in BACKBONES:
+        raise InputError(f'argument --backbone: must be one of {", ".join(sorted(BACKBONES))}, got {args.backbone}')
+
+
+def remove_earlier_outputs(out):
+    """--overwrite: the earlier run's outputs go (only the names this program writes), once every
+    check has passed and before the first write. Kept, those of images not in this run outlived
+    the summary and predictions.json, which describe this run only."""
+    from utils.errors import OutputError
+    from utils.files import write_failure
+
+    removed = []
+    for name in OUTPUT_FOLDERS + SUMMARY_NAMES:
+        path = Path(out) / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as error:
+            raise OutputError(f'{path}: cannot remove this earlier output ({write_failure(error)}); remove it, '
+                              f'or choose another --out') from None
+        removed.append(f'{name}/' if name in OUTPUT_FOLDERS else name)
+    if removed:
+        print(f'--overwrite: removed the earlier outputs in {out} ({", ".join(removed)})')
 
 
 def read_sizes(inputs):
@@ -247,11 +443,13 @@ def batches_of(oversize, batch_size):
     return batches
 
 
-def load_network(checkpoint, checkpoint_path, info, runtime):
+def load_network(checkpoint, checkpoint_path, info, runtime, args):
     """The checkpoint's network on the device, in eval mode; a checkpoint for another class count
-    or other classes than the dataset's is refused, naming both."""
+    or other classes than the dataset's is refused, naming both. The architecture is the flags',
+    else the checkpoint's, else the paper's (as main.py resolves it)."""
     from models import deeplab_v2
     from utils.checkpoints import check_classes, load_model_state
+    from utils.context import DEFAULT_ARCHITECTURE
     from utils.errors import InputError
 
     classifier = checkpoint['model'].get('classifier.0.convs.0.weight')
@@ -261,10 +459,20 @@ def load_network(checkpoint, checkpoint_path, info, runtime):
                          f'has {info.num_classes} ({", ".join(info.class_names)}); pass the --dataset it was '
                          f'trained for')
     check_classes(checkpoint, info, checkpoint_path)
-    architecture = checkpoint.get('architecture') or {}
-    model = deeplab_v2(info.num_classes, backbone=architecture.get('backbone', 'resnet101'),
-                       head_branches=architecture.get('head_branches', 2))
-    load_model_state(model, checkpoint, checkpoint_path)
+    recorded = checkpoint.get('architecture') or {}
+    architecture = {key: getattr(args, key) if getattr(args, key) is not None else recorded.get(key, default)
+                    for key, default in DEFAULT_ARCHITECTURE.items()}
+    model = deeplab_v2(info.num_classes, **architecture)
+    try:
+        load_model_state(model, checkpoint, checkpoint_path)
+    except InputError as error:
+        unknown = [key for key in DEFAULT_ARCHITECTURE if key not in recorded and getattr(args, key) is None]
+        if not unknown:
+            raise
+        flags = ' and '.join(f'--{key.replace("_", "-")}' for key in unknown)
+        raise InputError(f'{error} (it records no {" or ".join(unknown)}, so {architecture["backbone"]} with a '
+                         f'{architecture["head_branches"]}-branch head was assumed; pass {flags} as its training '
+                         f'run used)') from None
     model = model.to(runtime.device).eval()
     if runtime.channels_last:
         import torch
@@ -294,10 +502,19 @@ class Writer:
         self.rows.append(future.result())
 
     def finish(self):
+        """The rows of every image written; the first write that failed raised once all have ended."""
+        from utils.errors import RunError
+
+        failure = None
         for future in self.pending:
-            self.collect(future)
+            try:
+                self.collect(future)
+            except RunError as error:
+                failure = failure or error
         self.pending = []
         self.pool.shutdown()
+        if failure is not None:
+            raise failure
         return self.rows
 
     def write(self, path, stem, prediction, confidence):
@@ -346,6 +563,9 @@ def predict(model, dataset, inputs, runtime, protocol, args, writer):
     with torch.no_grad():
         batches = tqdm(loader, desc='predict', dynamic_ncols=True, disable=None if runtime.is_main else True)
         for batch in runtime.stop.until_stopped(batches):
+            batch = decoded_part(batch, inputs)
+            if batch is None:
+                continue
             images, _ = runtime.to_device(batch)
             alone = bool(batch['oversize'][0])
             chosen = window_protocol if alone else protocol
@@ -355,6 +575,23 @@ def predict(model, dataset, inputs, runtime, protocol, args, writer):
                 prediction, confidence = prediction_and_confidence(scores_at_file_size(scores_one, own, file_size),
                                                                    probabilities=not chosen.single_view)
                 writer.submit(inputs.paths[index], inputs.stems[index], prediction, confidence)
+
+
+def decoded_part(batch, inputs):
+    """The batch without its images that failed to decode (ImageFiles says why), each skipped
+    with one line; None when none is left. One bad file costs its own prediction only."""
+    errors = batch['error']
+    if not any(errors):
+        return batch
+    indices = batch['index'].tolist()
+    for index, error in zip(indices, errors):
+        if error:
+            inputs.skip(inputs.paths[index], error)
+    keep = [position for position, error in enumerate(errors) if not error]
+    if not keep:
+        return None
+    return {key: [value[position] for position in keep] if isinstance(value, list) else value[keep]
+            for key, value in batch.items()}
 
 
 def write_summary(out, rows, info, args, checkpoint_path, checkpoint_sha256, inputs, seconds):
@@ -394,17 +631,14 @@ def run(args, stop):
     from utils.cbc import file_sha256
     from utils.checkpoints import dataset_for_checkpoint, load_checkpoint, recorded_setting
     from utils.device import configure_backends, use_channels_last
-    from utils.errors import InputError, Interrupted, StopRequested
+    from utils.errors import InputError, Interrupted, RunError, StopRequested
     from utils.evaluation import protocol_from_flags
-    from utils.experiment import AUTOCAST_DTYPES, choose_device, resolve_precision
+    from utils.experiment import AUTOCAST_DTYPES, choose_device, resolve_precision, slow_on_this_device
     from utils.training import Runtime
     from utils.versions import check_versions
 
     check_versions(torch.__version__, torchvision.__version__)
-    if not 0.0 <= args.opacity <= 1.0:
-        raise InputError(f'--opacity {args.opacity} must lie in 0..1')
-    if args.batch_size < 1 or args.workers < 0:
-        raise InputError('--batch-size must be at least 1 and --workers at least 0')
+    check_flags(args)
     checkpoint = load_checkpoint(args.checkpoint)
     info, _ = dataset_for_checkpoint(checkpoint, args.dataset)
     inputs = collect_inputs(args.inputs, info, args.data_root)
@@ -413,16 +647,28 @@ def run(args, stop):
     device = distributed.init(choose_device(args.device), 1800)
     configure_backends(device)
     precision = resolve_precision(args.precision, args.mixed_precision, device)
+    slow = slow_on_this_device(precision, device)
+    if slow and distributed.is_main():
+        print(f'warning: --precision {precision} on {device}{slow}', file=sys.stderr)
     runtime = Runtime(device=device, amp_dtype=AUTOCAST_DTYPES[precision], workers=args.workers,
                       rank=distributed.rank(), world_size=distributed.world_size(),
                       channels_last=use_channels_last(device, AUTOCAST_DTYPES[precision]), stop=stop)
-    model = load_network(checkpoint, args.checkpoint, info, runtime)
+    model = load_network(checkpoint, args.checkpoint, info, runtime, args)
     runtime.stop_point()
     coco = bool(recorded_setting(checkpoint, 'coco')) if args.coco is None else args.coco
     eval_size = args.eval_size or recorded_setting(checkpoint, 'eval_size') or info.eval_size
     dataset = dp.ImageFiles(info, inputs.paths, sizes, coco=coco, eval_size=eval_size)
     protocol = protocol_from_flags(args, info)
+    if args.overwrite:
+        failure = None
+        if runtime.is_main:
+            try:
+                remove_earlier_outputs(args.out)
+            except RunError as error:
+                failure = error
+        distributed.agree_on_errors(failure)   # no rank writes before the removal is done
     started = time.time()
+    skipped_before = len(inputs.skipped)
     writer = Writer(args.out, info, args, max(args.workers, 1))
     try:
         predict(model, dataset, inputs, runtime, protocol, args, writer)
@@ -435,6 +681,10 @@ def run(args, stop):
     finally:
         rows = writer.finish()
     rows = [row for part in distributed.gather_objects(rows) for row in part]
+    failed = distributed.gather_objects(inputs.skipped[skipped_before:])
+    inputs.skipped[skipped_before:] = [item for part in failed for item in part]
+    if not rows:
+        raise InputError('no image among the inputs could be decoded (each one skipped above)')
     if runtime.is_main:
         write_summary(args.out, rows, info, args, args.checkpoint, file_sha256(args.checkpoint), inputs,
                       time.time() - started)
@@ -446,8 +696,8 @@ def main(argv=None):
     """Every expected failure is one line on stderr and an exit status, as in main.py; SIGINT and
     SIGTERM ask the run to stop between batches (utils/stopping.py)."""
     from utils import distributed
-    from utils.device import is_out_of_memory
-    from utils.errors import Interrupted, RunError, StopRequested, one_line
+    from utils.device import is_out_of_memory, is_shared_memory_exhausted
+    from utils.errors import Interrupted, OutOfMemory, RunError, StopRequested, one_line
     from utils.stopping import StopRequest
 
     args = build_parser().parse_args(argv)
@@ -462,11 +712,16 @@ def main(argv=None):
             print(f'{error.prefix}: {one_line(error)}', file=sys.stderr)
             return error.exit_status
         except Exception as error:
+            if is_shared_memory_exhausted(error):
+                print('error: out of shared memory (/dev/shm), where the loader workers hand their images over: '
+                      'use --workers 0, or give the container more /dev/shm (e.g. docker --shm-size=8g)',
+                      file=sys.stderr)
+                return OutOfMemory.exit_status
             if not is_out_of_memory(error):
                 raise
             print(f'error: out of memory: {one_line(error)[:300]} (lower --batch-size or --eval-size, or use '
                   f'--sliding-window)', file=sys.stderr)
-            return 6
+            return OutOfMemory.exit_status
         finally:
             distributed.shutdown()
         if stop:

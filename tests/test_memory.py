@@ -4,6 +4,7 @@ refused before any work, naming the flag, what it needs and what there is."""
 import errno
 import os
 import re
+import resource
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -164,3 +165,26 @@ def test_a_real_out_of_memory_inside_the_network_is_one_line_exit_6(synthetic_vo
     assert 'you tried to allocate 1024000000 bytes' in errors[0], 'the first convolution: 4 x 64 x 1000 x 1000 float32'
     assert 'lower --batch-size' in errors[0]
     assert 'ended: failed (exit 6): out of memory' in (tmp_path / 'logs' / 'oom' / 'run.log').read_text()
+
+
+def limit_file_size():
+    """In the child: files (shared memory segments included) may not grow past 8 kB, as a full
+    /dev/shm refuses to grow them (EFBIG here rather than ENOSPC)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_full_shared_memory_is_one_line_exit_6(synthetic_voc, supervised_checkpoint, tmp_path):
+    """Loader workers hand their batches over in /dev/shm (64 MB in a Docker container by default):
+    when it is full, torch's "unable to write to file </torch_...>: No space left on device" came
+    back from the worker as a traceback, exit 1."""
+    (tmp_path / 'sup.pt').write_bytes(supervised_checkpoint.read_bytes())
+    flags = list(TINY_FLAGS)
+    flags[flags.index('--workers') + 1] = '2'
+    completed = subprocess.run([sys.executable, str(MAIN), '--state', '3', '--exp-name', 'shm', '--continue-from',
+                                'sup.pt', *flags, '--data-root', str(synthetic_voc)], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
+                               env=dict(os.environ, TQDM_DISABLE='1', OMP_NUM_THREADS='1'))
+    errors = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert completed.returncode == 6 and len(errors) == 1, completed.stderr[-3000:]
+    assert errors[0].startswith('error: out of shared memory (/dev/shm)') and '--workers 0' in errors[0]
+    assert '--shm-size' in errors[0]

@@ -147,6 +147,34 @@ def is_out_of_memory(error):
             or (first_line.startswith('Caught ') and 'MemoryError' in first_line))
 
 
+def is_shared_memory_exhausted(error):
+    """Does `error` (or an exception it was raised from) say that shared memory ran out?
+
+    DataLoader workers hand their batches over in shared memory (/dev/shm, 64 MB by default in a
+    Docker container). Running out of it is neither the device's memory nor the host's, and the
+    cure differs (no loader workers, or a larger /dev/shm), so it is told apart from
+    `is_out_of_memory`. torch says it only in a RuntimeError's text: creating or growing a
+    segment fails with ENOSPC, or EFBIG under a file size limit ("unable to write to file
+    </torch_...>: No space left on device (28)", "unable to resize file <...> to the right size:
+    File too large (27)"), re-raised in the main process with the worker's traceback when a
+    worker met it; or a worker dies of SIGBUS on a page that could not be backed, which the
+    loader reports as "... out of shared memory ...".
+    """
+    failures = ('unable to resize file', 'unable to write to file', 'unable to allocate shared memory',
+                'unable to open shared memory')
+    full = ('No space left on device', 'File too large')
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RuntimeError):
+            text = str(error)
+            if 'out of shared memory' in text or (any(failure in text for failure in failures)
+                                                  and any(reason in text for reason in full)):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def memory_available(device):
     """(bytes, what they are) that the device has at most, or None where that is unknown (meta,
     ...): a GPU's total memory; on a CPU the physical memory, or where lower the address-space

@@ -2,6 +2,8 @@
 pictures made of them. State 3's `--save-predictions` and predict.py both go through here, so
 that the same checkpoint and options give the same classes, pixel for pixel.
 """
+import io
+
 import numpy as np
 import torch
 from PIL import Image
@@ -68,11 +70,25 @@ def confidence_png(confidence):
 
 def save_image(image, path, what='prediction', **options):
     """Write a Pillow image atomically (its format from the name), one line naming it on failure."""
-    with guarded_write(path, what), atomic_path(path) as temporary:
-        image.save(temporary, format=Image.registered_extensions()[path.suffix.lower()], **options)
+    encoded = io.BytesIO()
+    image.save(encoded, format=Image.registered_extensions()[path.suffix.lower()], **options)
+    write_encoded(encoded, path, what)
 
 
 def save_npy(array, path):
-    with guarded_write(path, 'confidence map'), atomic_path(path) as temporary:
-        with open(temporary, 'wb') as file:
-            np.save(file, array)
+    encoded = io.BytesIO()
+    np.save(encoded, array)
+    write_encoded(encoded, path, 'confidence map')
+
+
+def write_encoded(encoded, path, what):
+    """The bytes of a file encoded in memory, written atomically by Python's own file object.
+
+    Encoders given a real file write to it themselves: Pillow's JPEG encoder ignores a short
+    write, so an overlay cut off by a full disk or a file size limit (where Python ignores
+    SIGXFSZ and the write fails with EFBIG) was renamed into place as if whole, and numpy's
+    tofile reports one without its errno. Python's buffered writer retries a short write, and
+    the retry raises the error that names the cause.
+    """
+    with guarded_write(path, what), atomic_path(path) as temporary:
+        temporary.write_bytes(encoded.getbuffer())
