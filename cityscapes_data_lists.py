@@ -8,12 +8,11 @@ reproduce them.
 Usage:
     python cityscapes_data_lists.py --root /data/cityscapes
 """
-import argparse
 import sys
 from pathlib import Path
 
 from generate_splits import write_lines_atomic
-from utils.errors import InputError
+from utils.errors import InputError, OneLineParser
 
 SPLITS = ('train', 'val', 'test')
 LABELED_SPLITS = ('train', 'val')  # the public test labels are all void: nothing to check
@@ -83,7 +82,8 @@ def run(root):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog='cityscapes_data_lists.py',
         description='Write ROOT/data_lists/{train,val,test}.txt from a Cityscapes download.')
     parser.add_argument('--root', required=True, type=Path,
                         help='Cityscapes root holding leftImg8bit/ and gtFine/')

@@ -11,7 +11,6 @@ Usage: python convert_coco.py SOURCE --dataset {voc,city,FILE} --output PATH
 The class count comes from the dataset's description (a dataset of one's own too: its head
 keeps a seeded random initialisation where the count is not COCO-VOC's 21).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from models import deeplab_v2
 from utils.checkpoints import load_torch_file, save_checkpoint
 from utils.dataset_description import get_dataset_info
-from utils.errors import InputError
+from utils.errors import InputError, OneLineParser
 
 _SOURCE_HEAD = 'layer5.conv2d_list.'
 _TARGET_HEAD = 'classifier.0.convs.'
@@ -70,7 +69,7 @@ def convert(source: dict, num_classes: int) -> tuple[torch.nn.Module, list[str],
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = OneLineParser(prog='convert_coco.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('source', type=Path, help='resnet101COCO-41f33a49.pth of AdvSemiSeg')
     parser.add_argument('--dataset', required=True, metavar='{voc,city,FILE}',
                         help='the dataset to fine-tune on: its class count sizes the head')

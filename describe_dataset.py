@@ -37,7 +37,7 @@ from PIL import Image
 
 from data_processing import check_entry, normalise_id
 from utils.dataset_description import FORMAT, MAX_CLASSES, NAME_PATTERN, read_description, voc_palette
-from utils.errors import InputError, RunError, one_line
+from utils.errors import InputError, OneLineParser, RunError, one_line
 from utils.files import atomic_path, guarded_write
 from utils.images import IMAGE_EXTENSIONS, READ_ERRORS, image_size
 from utils.label_encoding import SINGLE_CHANNEL_MODES, refuse_lossy
@@ -383,13 +383,6 @@ def class_names(given, values, kind, blends):
 
 # --- the flags ----------------------------------------------------------------------------------
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (no usage block), like every other input error."""
-
-    def error(self, message):
-        self.exit(InputError.exit_status, f'error: {message} (see python describe_dataset.py --help)\n')
-
-
 def ignore_value(text):
     """--ignore: auto, none, a label value the description reader accepts, or a colour R,G,B
     (colour masks' void)."""
@@ -699,7 +692,7 @@ def report(out, root, ids, image_suffix, label_suffix, kind, values, ignore, cla
 
 
 def build_parser():
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog='describe_dataset.py', description=__doc__.splitlines()[0])
     parser.add_argument('--images', required=True, help='folder of the images (searched recursively, links followed)')
     parser.add_argument('--labels', required=True, help='folder of the label files (searched recursively)')
     parser.add_argument('--out', required=True, help='the description file to write (.yaml)')

@@ -26,13 +26,12 @@ class shows.
 VOC's description names no training list: the full train+aug list is not part of the VOC download
 (it is assembled from SBD), so `--list` gives it.
 """
-import argparse
 import math
 import random
 import sys
 from pathlib import Path
 
-from utils.errors import InputError
+from utils.errors import InputError, OneLineParser
 from utils.files import atomic_path
 
 REPO_DIR = Path(__file__).resolve().parent
@@ -210,7 +209,8 @@ def parse_fractions(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog='generate_splits.py',
         description='Write the labeled/unlabeled split lists of the paper (or new ones).')
     parser.add_argument('--dataset', required=True, metavar='{voc,city,FILE}',
                         help='voc, city (the paper\'s fractions and shipped folder), or a dataset description '

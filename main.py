@@ -29,7 +29,8 @@ from utils import distributed
 from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
 from utils.device import configure_backends, is_out_of_memory, is_shared_memory_exhausted, use_channels_last
-from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
+from utils.errors import (InputError, Interrupted, OneLineParser, OutOfMemory, PeerFailure, RunError,
+                          StopRequested, one_line)
 from utils.evaluation import run_evaluation
 from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
 from utils.guards import TRAINING_STATES, check_memory_fits, check_name_once, check_outputs, check_training_flags
@@ -52,13 +53,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (no usage block), like every other input error."""
-
-    def error(self, message):
-        self.exit(EXIT_INPUT, f'error: {message} (see python main.py --help)\n')
 
 
 def positive_int(text):
@@ -122,7 +116,7 @@ def label_ratio(text):
 
 
 def build_parser():
-    parser = OneLineParser(description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog='main.py', description=__doc__.splitlines()[0],
                            formatter_class=HelpFormatter)
     what = parser.add_argument_group('what to run')
     what.add_argument('--state', type=int, choices=sorted(STATES), required=True,

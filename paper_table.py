@@ -33,7 +33,6 @@ winning. Two different runs are a conflict no rule can settle: a note names both
 first setting that differs, and that split is left out of the cell (both runs), so that no mean
 silently mixes or picks between them; move one run's folder away to count the other.
 """
-import argparse
 import csv
 import io
 import json
@@ -44,6 +43,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from utils.errors import OneLineParser
 
 PAPER_PROTOCOL = 'best on val'
 DATASET_NAMES = {'voc': 'VOC', 'city': 'Cityscapes'}
@@ -756,7 +757,7 @@ def plot(cells, path, protocol=None):
 # ---------------------------------------------------------------- command line
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog='paper_table.py', description=__doc__.splitlines()[0])
     parser.add_argument('folders', nargs='*', default=['.'], metavar='FOLDER',
                         help='working folders holding logs/<exp-name>/results.json (default .)')
     parser.add_argument('--csv', default=None, metavar='FILE', help='also write the tables as CSV')

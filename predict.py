@@ -47,13 +47,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from utils.errors import OneLineParser  # noqa: E402
+
 LIST_EXTENSIONS = {'.txt', '.lst'}
 OUTPUT_FOLDERS = ('index', 'color', 'overlay', 'confidence')
 SUMMARY_NAMES = ('summary.csv', 'summary.json', 'predictions.json')
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog='predict.py', description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders, globs or list files')
     parser.add_argument('--dataset', default=None, metavar='{voc,city,FILE}',

@@ -17,7 +17,6 @@ target and then renamed over it, so a reader never sees half a PNG.
 
 IoU and mIoU values are fractions 0..1 everywhere in the project; the figures show percent.
 """
-import argparse
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from utils.errors import OneLineParser  # noqa: E402
 from utils.labels import IGNORE_INDEX  # noqa: E402
 
 # Palettes and class names come in as arguments (data_processing.VOC_COLORS, CITY_COLORS, ...).
@@ -831,7 +831,8 @@ def command_panels(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog='visualize.py',
         description='Draw figures of DST-CBC runs from their results.json files.')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 

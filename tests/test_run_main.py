@@ -4,6 +4,7 @@ nothing left behind in the test process (working folder, argv, environment, thre
 import os
 import sys
 
+import pytest
 import torch
 
 import main
@@ -54,3 +55,19 @@ def test_argparse_exits_and_uncaught_exceptions_give_a_process_s_status(tmp_path
 def test_help_exits_0_with_the_usage_on_stdout(tmp_path):
     status, stdout, _ = run_main(tmp_path, '--help')
     assert status == 0 and '--state' in stdout and '--continue-from' in stdout
+
+
+@pytest.mark.parametrize('script', ['predict', 'describe_dataset', 'generate_splits', 'visualize', 'paper_table',
+                                    'convert_coco', 'cityscapes_data_lists'])
+def test_a_bad_flag_is_one_line_exit_2_in_every_script(script):
+    """As main.py's: argparse printed its usage block above the error, the only multi-line input
+    error left in the other scripts."""
+    import importlib
+
+    from helpers import call
+
+    status, out, err = call(importlib.import_module(script), '--no-such-flag')
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and out == '' and len(lines) == 1, err
+    assert lines[0].startswith('error: ')   # the flags it lacks, or the one it does not know
+    assert lines[0].endswith(f'(see python {script}.py --help)')
