@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from generate_splits import write_lines_atomic
-from utils.errors import InputError, OneLineParser
+from utils.errors import InputError
+from utils.flags import OneLineParser
 
 SPLITS = ('train', 'val', 'test')
 LABELED_SPLITS = ('train', 'val')  # the public test labels are all void: nothing to check

@@ -19,7 +19,8 @@ import torch
 from models import deeplab_v2
 from utils.checkpoints import load_torch_file, save_checkpoint
 from utils.dataset_description import get_dataset_info
-from utils.errors import InputError, OneLineParser
+from utils.errors import InputError
+from utils.flags import OneLineParser
 
 _SOURCE_HEAD = 'layer5.conv2d_list.'
 _TARGET_HEAD = 'classifier.0.convs.'

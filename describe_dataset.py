@@ -37,7 +37,8 @@ from PIL import Image
 
 from data_processing import check_entry, normalise_id
 from utils.dataset_description import FORMAT, MAX_CLASSES, NAME_PATTERN, read_description, voc_palette
-from utils.errors import InputError, OneLineParser, RunError, one_line
+from utils.errors import InputError, RunError, one_line
+from utils.flags import OneLineParser
 from utils.files import atomic_path, guarded_write
 from utils.images import IMAGE_EXTENSIONS, READ_ERRORS, image_size
 from utils.label_encoding import SINGLE_CHANNEL_MODES, refuse_lossy

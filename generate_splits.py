@@ -31,7 +31,8 @@ import random
 import sys
 from pathlib import Path
 
-from utils.errors import InputError, OneLineParser
+from utils.errors import InputError
+from utils.flags import OneLineParser
 from utils.files import atomic_path
 
 REPO_DIR = Path(__file__).resolve().parent

@@ -14,7 +14,6 @@ if __name__ == '__main__':   # not in a spawned loader worker, which imports thi
     end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was saved\n')
 
 import argparse
-import math
 import os
 import shlex
 import time
@@ -29,8 +28,9 @@ from utils import distributed
 from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
 from utils.device import configure_backends, is_out_of_memory, is_shared_memory_exhausted, use_channels_last
-from utils.errors import (InputError, Interrupted, OneLineParser, OutOfMemory, PeerFailure, RunError,
-                          StopRequested, one_line)
+from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
+from utils.flags import (OneLineParser, finite_number, non_negative_int, non_negative_number, positive_int,
+                         positive_number)
 from utils.evaluation import run_evaluation
 from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
 from utils.guards import TRAINING_STATES, check_memory_fits, check_name_once, check_outputs, check_training_flags
@@ -55,20 +55,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return value
-
-
 # context.seed(offset) is seed * 1000 + offset, and EpochBatchSampler seeds torch's generator with
 # that times 1,000,003 plus the epoch, which must stay below 2**64 (a larger value was a traceback
 # at the first batch). Below 2**31, the product stays below 2**62.
@@ -84,24 +70,6 @@ def seed_number(text):
     if value is None or not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f'must be an integer in 0..{SEED_MAX}, got {text}')
     return value
-
-
-def finite_number(text, low, low_inclusive, what):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a number, got {text}') from None
-    if not math.isfinite(value) or value < low or (value == low and not low_inclusive):
-        raise argparse.ArgumentTypeError(f'must be a finite number {what}, got {text}')
-    return value
-
-
-def positive_number(text):
-    return finite_number(text, 0.0, False, '> 0')
-
-
-def non_negative_number(text):
-    return finite_number(text, 0.0, True, '>= 0')
 
 
 def label_ratio(text):

@@ -44,7 +44,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.errors import OneLineParser
+from utils.flags import OneLineParser
 
 PAPER_PROTOCOL = 'best on val'
 DATASET_NAMES = {'voc': 'VOC', 'city': 'Cityscapes'}

@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from utils.errors import OneLineParser  # noqa: E402
+from utils.flags import OneLineParser, non_negative_int, positive_int, positive_number  # noqa: E402
 
 LIST_EXTENSIONS = {'.txt', '.lst'}
 OUTPUT_FOLDERS = ('index', 'color', 'overlay', 'confidence')
@@ -78,21 +78,21 @@ def build_parser():
                          help='2 = the original\'s head, 4 = all four branches (default: what the checkpoint '
                               'records, else 2)')
     inference = parser.add_argument_group('inference (as state 3)')
-    inference.add_argument('--scales', type=float, nargs='+', default=[1.0],
+    inference.add_argument('--scales', type=positive_number, nargs='+', default=[1.0],
                            help='average softmax probabilities over these input scales')
     inference.add_argument('--flip', action='store_true', help='also average over horizontal flips')
-    inference.add_argument('--sliding-window', type=int, nargs=2, default=None, metavar=('H', 'W'),
+    inference.add_argument('--sliding-window', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                            help='predict window by window (default: the description\'s window, if any)')
-    inference.add_argument('--window-stride', type=int, nargs=2, default=None, metavar=('H', 'W'))
-    inference.add_argument('--eval-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+    inference.add_argument('--window-stride', type=positive_int, nargs=2, default=None, metavar=('H', 'W'))
+    inference.add_argument('--eval-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                            help='the padding canvas (default: what the checkpoint\'s run used, else the dataset\'s)')
     inference.add_argument('--coco', action='store_true', default=None,
                            help='Caffe input normalisation (default: what the checkpoint\'s run used)')
     inference.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default=None)
     inference.add_argument('--mixed-precision', action='store_true')
     inference.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if present)')
-    inference.add_argument('--batch-size', type=int, default=8, help='images per batch (over all processes)')
-    inference.add_argument('--workers', type=int, default=2, help='loading processes; also threads writing files')
+    inference.add_argument('--batch-size', type=positive_int, default=8, help='images per batch (over all processes)')
+    inference.add_argument('--workers', type=non_negative_int, default=2, help='loading processes; also threads writing files')
     return parser
 
 
@@ -327,32 +327,13 @@ def add_list(inputs, list_path, info, data_root):
         raise InputError(f'list file {list_path} is empty (no names)')
 
 
-# The flags predict.py shares with main.py, checked by main.py's own argparse types. main.py
-# imports torch at its top, so they are applied once run() has imported torch rather than at parse
-# time; still before the checkpoint is read.
-SHARED_FLAG_TYPES = (('--scales', 'positive_number'), ('--sliding-window', 'positive_int'),
-                     ('--window-stride', 'positive_int'), ('--eval-size', 'positive_int'),
-                     ('--batch-size', 'positive_int'), ('--workers', 'non_negative_int'))
-
-
 def check_flags(args):
-    """Each shared flag as main.py would take it, one line naming a bad one (--scales nan was a
-    traceback, --scales 0 every pixel class 0 with exit 0)."""
-    import main as main_program
+    """The flags argparse's types do not check. (The ones predict.py shares with main.py take
+    main.py's types, utils/flags.py: --scales nan was a traceback, --scales 0 every pixel class 0
+    with exit 0.)"""
     from models import BACKBONES
     from utils.errors import InputError
 
-    for flag, type_name in SHARED_FLAG_TYPES:
-        attribute = flag[2:].replace('-', '_')
-        value = getattr(args, attribute)
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        try:
-            checked = [getattr(main_program, type_name)(str(item)) for item in values]
-        except argparse.ArgumentTypeError as error:
-            raise InputError(f'argument {flag}: {error}') from None
-        setattr(args, attribute, checked if isinstance(value, list) else checked[0])
     if not 0.0 <= args.opacity <= 1.0:
         raise InputError(f'argument --opacity: must lie in 0..1, got {args.opacity}')
     if args.backbone is not None and args.backbone not in BACKBONES:

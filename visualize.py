@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from utils.errors import OneLineParser  # noqa: E402
+from utils.flags import OneLineParser  # noqa: E402
 from utils.labels import IGNORE_INDEX  # noqa: E402
 
 # Palettes and class names come in as arguments (data_processing.VOC_COLORS, CITY_COLORS, ...).

@@ -16,7 +16,7 @@ LAYERS = [
      'utils.failure_watch'},
     # 2: writing files, several processes, stop signals; reading images and labels as files say
     {'utils.files', 'utils.distributed', 'utils.versions', 'utils.stopping', 'utils.images',
-     'utils.label_encoding'},
+     'utils.label_encoding', 'utils.flags'},
     # 2b: a dataset as its description file says
     {'utils.dataset_description'},
     # 3: data (and the one list reader), network, checkpoints, experiment outputs and their checks

@@ -6,7 +6,6 @@ script that chains runs: each gets its own class and exit status, under one base
 main.py has one place that turns them into `error: <message>`. Anything else is a bug and keeps
 its traceback.
 """
-import argparse
 
 
 class RunError(Exception):
@@ -73,10 +72,3 @@ def one_line(error):
         return last[position + len(name):] if position >= 0 else last
     return ' '.join(text.split())
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it (no usage block) and exit 2, as every other
-    input error of every script here; `prog` names the script in the hint."""
-
-    def error(self, message):
-        self.exit(InputError.exit_status, f'error: {message} (see python {self.prog} --help)\n')
