@@ -111,13 +111,13 @@ def test_state_2_with_no_epochs_is_refused_naming_the_flag(synthetic_voc, tmp_pa
 
 # --- 3. what the starting checkpoint of state 1 records -------------------------------------------
 
-def state_1_checkpoint(source, path, round_number=1, iters=None):
+def state_1_checkpoint(source, path, round_number=1, iters=None, **changed):
     """`source` as a state 1 run would have saved it (its settings say state 1 and the run's
-    --round, or None and --iters for a run of all rounds)."""
+    --round, or None and --iters for a run of all rounds; `changed` other settings)."""
     checkpoint = load_checkpoint(source)
     model = deeplab_v2(21, backbone='resnet14')
     model.load_state_dict(checkpoint['model'])
-    settings = dict(checkpoint['settings'], state=1, round=round_number, exp_name='st_round1')
+    settings = dict(checkpoint['settings'], state=1, round=round_number, exp_name='st_round1', **changed)
     if iters is not None:
         settings['iters'] = iters
     save_checkpoint(path, model, best_miou=checkpoint['best_miou'], num_classes=21, settings=settings,
@@ -154,6 +154,25 @@ def test_a_round_from_another_round_s_checkpoint_is_refused(work, synthetic_voc,
     assert completed.returncode == 2, completed.stderr[-2000:]
     one_line(lines_of(completed), 'st.pt', *fragments)
     assert not (work / f'st_round{round_number}.pt').exists()
+
+
+@pytest.mark.parametrize('changed,fragments', [
+    ({'split': 4}, ('ran with --split 4; this run has --split 8', 'continue with --split 4')),
+    ({'sets_id': 2}, ('ran with --sets-id 2; this run has --sets-id 0',)),
+    ({'dataset_digest': 'another'}, ('ran on the dataset described by', 'as it was then')),
+    ({'lists': 'labeled list edited'}, ('8_labeled_0.txt changed since that round read it', 'restore the list'))])
+def test_a_round_continues_only_its_own_chain(work, synthetic_voc, changed, fragments):
+    """Round 2 from round 1 of another split, set, dataset description or of lists edited since
+    was accepted in silence; paper_table.py then counted it as that split's DST-CBC result."""
+    if 'lists' in changed:
+        recorded = load_checkpoint(work / 'sup.pt')['settings']['lists']
+        changed = {'lists': {name: dict(entry, ids_sha256='0' * 64) if 'labeled' in name else entry
+                             for name, entry in recorded.items()}}
+    state_1_checkpoint(work / 'sup.pt', work / 'st.pt', **changed)
+    completed = round_two(work, synthetic_voc, 'st.pt')
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    one_line(lines_of(completed), '--round 2 continues the chain of --continue-from st.pt (round 1)', *fragments)
+    assert not (work / 'st_round2.pt').exists()
 
 
 @pytest.mark.parametrize('start', ['state 1', 'records nothing'])

@@ -104,6 +104,8 @@ def check_starting_checkpoint(context, checkpoint, path, first_round, warm_up):
                          f'--continue-from {path} was written by {writer}; continue from the checkpoint of '
                          f'round {first_round}' + (f' (run --round {rounds_done + 1} next)'
                                                    if rounds_done < first_round else ''))
+    if first_round > 0 and written_by == 1:
+        check_same_chain(context, settings, path)
     trained = written_by in (1, 2) or checkpoint.get('best_miou') is not None
     if warm_up and trained:
         what = f'written by a state {written_by} run' if written_by in (1, 2) else 'it carries a validation mIoU'
@@ -111,6 +113,35 @@ def check_starting_checkpoint(context, checkpoint, path, first_round, warm_up):
                                f'{args.init_epochs} first trains a supervised warm-up from it, whose best becomes '
                                f'the bar to beat: the run can end below the score it starts from; to self-train '
                                f'from a trained baseline pass --init-epochs 0, as the scripts do')
+
+
+# What a chain of --round runs shares from round to round, and the flag that sets it.
+CHAIN_SETTINGS = (('dataset_digest', '--dataset'), ('split', '--split'), ('sets_id', '--sets-id'))
+
+
+def check_same_chain(context, recorded, path):
+    """Round R continues the chain round R-1 ran: the same dataset description, split and set,
+    and the same ids in the lists both read. Another one was accepted in silence, and its
+    results.json counted (paper_table.py) as a chain that never ran; --resume refuses the same
+    changes within one run."""
+    args, now = context.args, context.settings
+    previous = f'--round {args.round} continues the chain of --continue-from {path} (round {args.round - 1})'
+    for key, flag in CHAIN_SETTINGS:
+        if key not in recorded or recorded[key] == now.get(key):
+            continue
+        if key == 'dataset_digest':
+            was = recorded.get('dataset_description') or recorded.get('dataset_name') or 'another description'
+            raise InputError(f'{previous}, which ran on the dataset described by {was} as it was then; this run\'s '
+                             f'{context.info.description or context.info.name} says otherwise; continue with the '
+                             f'same description, or start a new chain at --round 1')
+        raise InputError(f'{previous}, which ran with {flag} {recorded[key]}; this run has {flag} {now.get(key)}: '
+                         f'continue with {flag} {recorded[key]}, or start a new chain at --round 1')
+    recorded_lists = recorded.get('lists') if isinstance(recorded.get('lists'), dict) else {}
+    for name, digest in (now.get('lists') or {}).items():
+        before = recorded_lists.get(name)
+        if isinstance(before, dict) and before.get('ids_sha256') not in (None, digest['ids_sha256']):
+            raise InputError(f'{previous}, but the ids of {digest["file"]} changed since that round read it; '
+                             f'restore the list, or start a new chain at --round 1')
 
 
 def starting_bar(context, checkpoint, validate):
