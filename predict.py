@@ -433,6 +433,7 @@ def load_network(checkpoint, checkpoint_path, info, runtime, args):
     from models import deeplab_v2
     from utils.checkpoints import check_classes, load_model_state
     from utils.context import DEFAULT_ARCHITECTURE
+    from utils.dataset_description import meaning_differences, meaning_warning
     from utils.errors import InputError
 
     classifier = checkpoint['model'].get('classifier.0.convs.0.weight')
@@ -442,6 +443,10 @@ def load_network(checkpoint, checkpoint_path, info, runtime, args):
                          f'has {info.num_classes} ({", ".join(info.class_names)}); pass the --dataset it was '
                          f'trained for')
     check_classes(checkpoint, info, checkpoint_path)
+    differences = meaning_differences(checkpoint.get('dataset_meaning'), info)
+    if differences and runtime.is_main:
+        settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+        print(f'warning: {meaning_warning(checkpoint_path, settings.get("dataset_description"), differences, info)}')
     recorded = checkpoint.get('architecture') or {}
     architecture = {key: getattr(args, key) if getattr(args, key) is not None else recorded.get(key, default)
                     for key, default in DEFAULT_ARCHITECTURE.items()}

@@ -314,6 +314,44 @@ def test_a_checkpoint_for_other_classes_is_refused_naming_both(own, own_checkpoi
                     'background, triangle, square, disk, hoop', "'ring' there, 'hoop' here")
 
 
+def test_a_checkpoint_under_a_description_that_means_otherwise_is_warned(own, own_checkpoint, tmp_path):
+    """Two classes' colours swapped, or the normalisation changed, in the description a checkpoint
+    is evaluated under: the names still match, and state 3 scored 25% instead of 38% in silence.
+    Now a warning names what differs, in the log and results.json, and predict.py says it too."""
+    root = copy_of(own, tmp_path)
+    description = root / 'shapes.yaml'
+    text = description.read_text()
+    colours = [list(OWN_COLORS[name]) for name in CLASSES_IN_FOUND_ORDER]
+    first, second = json.dumps(colours[1]), json.dumps(colours[2])
+    assert text.count(first) == 1 and text.count(second) == 1
+    work = tmp_path / 'work'
+    work.mkdir()
+    for name, edited, key in (
+            ('same', text, None),
+            ('colours', text.replace(first, 'FIRST').replace(second, first).replace('FIRST', second), 'label_encoding'),
+            ('normalised', text.replace('normalization: imagenet', 'normalization: {mean: [0, 0, 0], std: [1, 1, 1]}'),
+             'normalization')):
+        description.write_text(edited)
+        completed = run_main(work, '--state', '3', '--dataset', description, '--continue-from', own_checkpoint,
+                             '--exp-name', name, *OWN_FLAGS)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        warnings = [warning for warning in json.loads((work / 'logs' / name / 'results.json').read_text())['warnings']
+                    if 'was trained under a description' in warning]
+        log = (work / 'logs' / name / 'run.log').read_text()
+        if key is None:
+            assert warnings == [] and 'was trained under a description' not in log
+            continue
+        assert len(warnings) == 1 and log.count(warnings[0]) == 1, warnings
+        assert f'whose {key} differs from {description}' in warnings[0] and str(own / 'shapes.yaml') in warnings[0]
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    shutil.copy(next((root / 'images').rglob('*.png')), photos / 'one.png')
+    status, out, err = call(predict, '--dataset', description, '--checkpoint', own_checkpoint, '--out',
+                            tmp_path / 'predicted', '--device', 'cpu', '--workers', '0', photos)
+    assert status == 0, err
+    assert 'warning: ' in out and 'whose normalization differs from' in out
+
+
 def test_warnings_are_said_once_in_the_log_and_in_results(own, tmp_path):
     """The ring class is absent from the labeled list, and a validation id added to it makes the
     two lists share an id: both are warned once, in run.log and results.json."""

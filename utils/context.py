@@ -17,6 +17,7 @@ from utils import distributed
 from utils.cbc import class_list, file_sha256, names_digest
 from utils.checkpoints import check_classes, load_checkpoint, load_model_state, save_checkpoint
 from utils.data_check import check_dataset
+from utils.dataset_description import dataset_meaning, meaning_differences, meaning_warning
 from utils.errors import InputError, RunError
 from utils.experiment import Experiment
 from utils.inference import Protocol
@@ -201,12 +202,16 @@ class RunContext:
         check_classes(checkpoint, self.info, path)
         check_architecture(checkpoint, self.architecture, path)
         load_model_state(model, checkpoint, path)
+        differences = meaning_differences(checkpoint.get('dataset_meaning'), self.info)
+        if differences and flag == '--continue-from':
+            settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+            self.warn(meaning_warning(path, settings.get('dataset_description'), differences, self.info))
         self.runtime.stop_point()   # a large checkpoint takes seconds to load
         return checkpoint
 
     def checkpoint_extra(self, extra=None):
         return dict(extra or {}, validation=self.validation_key, architecture=dict(self.architecture),
-                    classes=list(self.info.class_names))
+                    classes=list(self.info.class_names), dataset_meaning=dataset_meaning(self.info))
 
     def save_best(self, model, step, best_miou, extra=None):
         """Rank 0 writes; every rank learns whether the write failed. A stop signal meanwhile waits

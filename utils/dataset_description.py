@@ -149,6 +149,49 @@ def file_name(text):
         return text
 
 
+def dataset_meaning(info):
+    """What a network trained on this dataset learned under, JSON-ready, kept in its checkpoints:
+    how a label file says each class (values, ignore values, colours of colour masks) and how
+    input pixels are normalised. The same class names read under another of these would score
+    or predict otherwise in silence (a colour of two classes swapped in a description: 38% mIoU
+    became 25%). Colours of index labels only draw pictures and are left out."""
+    encoding = info.encoding
+    label_encoding = {'kind': encoding.kind, 'ignore_index': encoding.ignore_index,
+                      'values': [list(pair) for pair in encoding.values],
+                      'ignore_values': list(encoding.ignore_values)}
+    if encoding.kind == 'rgb':
+        label_encoding.update(colors=[list(color) for color in encoding.colors],
+                              ignore_colors=[list(color) for color in encoding.ignore_colors])
+    mean, std, bgr, scale = info.normalization
+    return {'label_encoding': label_encoding,
+            'normalization': {'mean': list(mean), 'std': list(std), 'bgr': bgr, 'scale': scale}}
+
+
+MEANING_EFFECTS = {
+    'label_encoding': 'its labels said the classes otherwise (values or colours), so its scores compare other classes',
+    'normalization': 'its input pixels were normalised otherwise, so it sees other inputs than it learned from',
+}
+
+
+def meaning_differences(recorded, info):
+    """The keys of `dataset_meaning` in which `recorded` (a checkpoint's) differs from `info`'s;
+    [] where the checkpoint records none (older ones, converted weights)."""
+    if not isinstance(recorded, dict):
+        return []
+    now = json.loads(json.dumps(dataset_meaning(info)))
+    return [key for key in now if key in recorded and recorded[key] != now[key]]
+
+
+def meaning_warning(path, recorded_description, differences, info):
+    """The one line that says a checkpoint is used under a description that means otherwise."""
+    was = f' ({recorded_description})' if recorded_description else ''
+    effects = '; '.join(MEANING_EFFECTS[key] for key in differences)
+    verb = 'differs' if len(differences) == 1 else 'differ'
+    return (f'{path} was trained under a description{was} whose {" and ".join(differences)} {verb} from '
+            f'{info.description or info.name}\'s: {effects}; if that is not meant, pass the description it was '
+            f'trained with')
+
+
 def full_resolution(info):
     """The dataset evaluated at its files' own size (Cityscapes without its 512x1024 base resize,
     labels at 1024x2048, for sliding-window evaluation); a padded dataset is unchanged."""
