@@ -14,6 +14,7 @@ if __name__ == '__main__':   # not in a spawned loader worker, which imports thi
     end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was saved\n')
 
 import argparse
+import json
 import os
 import shlex
 import time
@@ -290,7 +291,7 @@ def describe_run(args, argv, runtime, info, root, experiment):
     architecture, adopted = resolve_architecture(args, weights)
     settings = dict(vars(args), **architecture)
     settings.update(data_root_resolved=str(root), lists=lists, device=str(runtime.device),
-                    dataset_name=info.name, dataset_digest=info.digest,
+                    dataset_name=info.name, dataset_digest=info.digest, dataset_described=json.loads(info.described),
                     dataset_description=str(info.description.resolve()) if info.description else None,
                     world_size=runtime.world_size, precision=runtime.precision, channels_last=runtime.channels_last,
                     precision_text=describe_precision(runtime.precision, args.mixed_precision, runtime.device),

@@ -341,3 +341,14 @@ def test_subclasses_of_plain_values_are_stored_as_plain_values(tmp_path):
     assert checkpoint['settings']['torch'] == str(torch.__version__)
     assert type(checkpoint['settings']['torch']) is str
     assert checkpoint['settings']['miou'] == 0.25 and checkpoint['value'] == 1.5
+
+
+def test_a_checkpoint_whose_description_is_gone_says_so(tmp_path):
+    """An own dataset's checkpoint whose description was moved fell back to VOC with only 'the
+    default, voc', and the 5-vs-21 classes refusal that followed did not say why."""
+    from utils.checkpoints import dataset_for_checkpoint
+
+    gone = tmp_path / 'moved' / 'cracks.yaml'
+    info, why = dataset_for_checkpoint({'settings': {'dataset_description': str(gone), 'dataset': str(gone)}})
+    assert info.name == 'voc' and why == f'the default, voc: {gone}, which it was trained on, is not there'
+    assert dataset_for_checkpoint({'settings': {}})[1] == 'the default, voc'

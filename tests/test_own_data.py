@@ -352,6 +352,28 @@ def test_a_checkpoint_under_a_description_that_means_otherwise_is_warned(own, ow
     assert 'warning: ' in out and 'whose normalization differs from' in out
 
 
+def test_a_missing_list_is_said_by_the_flag_that_selects_it_and_what_makes_it(own, tmp_path):
+    """'list 2_labeled_0.txt not found in ...' named neither --split nor generate_splits.py, nor
+    the splits there are; a description moved away from its data said nothing of the root."""
+    root = copy_of(own, tmp_path)
+    work = tmp_path / 'work'
+    work.mkdir()
+    completed = run_main(work, '--state', '2', '--dataset', root / 'shapes.yaml', '--split', '2', '--exp-name', 'a',
+                         *OWN_FLAGS)
+    one_line_exit_2(completed, '--split 2 --sets-id 0: 2_labeled_0.txt is not in', 'the splits there: 4_labeled_0',
+                    f'python generate_splits.py --dataset {root / "shapes.yaml"} --fractions 2 --sets 1')
+    completed = run_main(work, '--state', '3', '--dataset', root / 'shapes.yaml', '--valtiny', '--exp-name', 'b',
+                         '--continue-from', 'none.pt', *OWN_FLAGS)
+    one_line_exit_2(completed, '--valtiny: valtiny.txt is not in', 'leave --valtiny out')
+    moved = tmp_path / 'elsewhere'
+    moved.mkdir()
+    (moved / 'shapes.yaml').write_text((root / 'shapes.yaml').read_text())
+    completed = run_main(work, '--state', '3', '--dataset', moved / 'shapes.yaml', '--exp-name', 'c',
+                         '--continue-from', 'none.pt', *OWN_FLAGS)
+    one_line_exit_2(completed, 'val.txt', f'under the data root {moved}', f'the folder of {moved / "shapes.yaml"}',
+                    'set root: in the description or pass --data-root')
+
+
 def test_warnings_are_said_once_in_the_log_and_in_results(own, tmp_path):
     """The ring class is absent from the labeled list, and a validation id added to it makes the
     two lists share an id: both are warned once, in run.log and results.json."""

@@ -6,6 +6,7 @@ helpers.run_main); runs that are killed, stopped or held, or run under a resourc
 processes of their own (`start`, `cli_process`)."""
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -273,6 +274,21 @@ def test_resume_refuses_a_changed_run(killed_training, tmp_path, changed, named)
     refused = cli(work, *args, *changed, '--resume', check=False)
     one_line(refused, '--resume', named)
     assert (work / 'logs' / 'run' / 'last.pt').read_bytes() == before
+
+
+def test_resume_names_the_keys_of_a_description_edited_since(killed_training, tmp_path, repo_root):
+    """It said '--dataset (its description) was 5c8988... now 80dc37...; resume with the same flags'
+    though the flags were the same: two digests and no key."""
+    killed, args = killed_training
+    work = Path(shutil.copytree(killed, tmp_path / 'work'))
+    text = (repo_root / 'datasets' / 'voc.yaml').read_text()
+    edited = tmp_path / 'voc_edited.yaml'
+    edited.write_text(text.replace('crop_size: [321, 321]', 'crop_size: [300, 300]')
+                      .replace('splits: ../data_splits/', f'splits: {repo_root / "data_splits"}/'))
+    refused = cli(work, *args, '--dataset', edited, '--resume', check=False)
+    line = one_line(refused, '--resume: the dataset description', 'changed since the interrupted run',
+                    'restore it, or start a new --exp-name')
+    assert re.search(r'\(in: [a-z_, ]*crop_size', line), line
 
 
 def test_resume_is_an_exact_continuation_with_loader_workers(root, tmp_path):

@@ -377,4 +377,6 @@ def dataset_for_checkpoint(checkpoint, dataset=None):
         return get_dataset_info(description), 'the dataset the checkpoint was trained on'
     if recorded_setting(checkpoint, 'dataset') in SHIPPED:
         return get_dataset_info(recorded_setting(checkpoint, 'dataset')), 'the dataset the checkpoint was trained on'
+    if description:
+        return get_dataset_info('voc'), f'the default, voc: {description}, which it was trained on, is not there'
     return get_dataset_info('voc'), 'the default, voc'

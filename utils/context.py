@@ -299,6 +299,16 @@ class RunContext:
         return self.args.seed * 1000 + offset
 
 
+def changed_keys(saved, current):
+    """' (in: crop_size, normalization)': the description's keys whose values differ between two
+    runs' settings, or '' where the earlier one did not record them."""
+    before, now = saved.get('dataset_described'), current.get('dataset_described')
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return ''
+    keys = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+    return f' (in: {", ".join(keys)})' if keys else ''
+
+
 def check_same_run(saved, current, path):
     """--resume continues the same run: a flag that changes the result must not change, nor may
     the content of a list it reads (an id added changes the schedule and the data)."""
@@ -308,6 +318,10 @@ def check_same_run(saved, current, path):
         before, now = normalise(saved.get(key)), normalise(current.get(key))
         if before != now:
             flag = FLAG_OF_SETTING.get(key, '--' + key.replace('_', '-'))
+            if key == 'dataset_digest':
+                raise InputError(f'--resume: the dataset description {current.get("dataset_description")} changed '
+                                 f'since the interrupted run ({path}) began{changed_keys(saved, current)}; restore it, '
+                                 f'or start a new --exp-name')
             raise InputError(f'--resume: {flag} was {before} in the interrupted run ({path}), now {now}; '
                              f'resume with the same flags, or start a new --exp-name')
     saved_lists, current_lists = saved.get('lists') or {}, current.get('lists') or {}
@@ -334,9 +348,37 @@ def list_digests(info, root, args):
     names = list_names(args, info)
     digests = {}
     for role in STATE_LISTS[args.state]:
-        path = dp.find_list(info, root, names[role])
+        try:
+            path = dp.find_list(info, root, names[role])
+        except InputError as error:
+            raise missing_list(info, root, args, role, names[role], error) from None
         digests[names[role]] = {'file': str(path), 'ids_sha256': names_digest(dp.read_list(path))}
     return digests
+
+
+def missing_list(info, root, args, role, name, error):
+    """A list the flags select that is not there, said by the flag that selects it and what makes
+    it: 'list 2_labeled_0.txt not found' named neither --split nor generate_splits.py, nor the
+    splits there are, nor the data root (a description moved away from its data)."""
+    folders = [Path(root) / info.list_dir] + ([info.splits_dir] if info.splits_dir is not None else [])
+    where = ' or '.join(str(folder) for folder in folders)
+    found = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob('*_labeled_*.txt')
+                    if not path.name.startswith('1_')})   # 1_labeled_K: the whole list, shuffled
+    if role in ('labeled', 'unlabeled'):
+        shown = (f'the splits there: {", ".join(found[:8])}{", ..." if len(found) > 8 else ""}' if found
+                 else 'no splits are there')
+        return InputError(f'--split {args.split} --sets-id {args.sets_id}: {name}.txt is not in {where} ({shown}); '
+                          f'make it with python generate_splits.py --dataset {args.dataset} --fractions {args.split} '
+                          f'--sets {args.sets_id + 1}, or choose a split that is there')
+    if args.valtiny:
+        return InputError(f'--valtiny: {name}.txt is not in {where}; write a small validation list of your own there '
+                          f'(the paper\'s VOC and Cityscapes ones are shipped), or leave --valtiny out')
+    origin = ('--data-root' if args.data_root else
+              f'the folder of {info.description}' if info.description and info.default_root ==
+              Path(info.description).resolve().parent else f'the root of {info.description or info.name}')
+    return InputError(f'{error}: the validation list (val_list of {info.description or info.name}) under the data '
+                      f'root {root} ({origin}); if the data lie elsewhere, set root: in the description or pass '
+                      f'--data-root')
 
 
 def check_list_unchanged(dataset, recorded):

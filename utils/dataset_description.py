@@ -113,6 +113,7 @@ class DatasetInfo:
     default_root: Path
     description: Path | None      # the file it was read from
     digest: str                   # SHA-256 of what the description says (comments aside)
+    described: str = '{}'         # what it says, as JSON (which key changed, when the digest did)
 
     @property
     def key(self):
@@ -334,7 +335,8 @@ def build_info(data, path):
     eval_fit, eval_size, window, full_size = read_eval(fields)
     normalization = read_normalization(fields)
     canonical = {key: data[key] for key in sorted(data) if key not in ('title',)}
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+    described = json.dumps(canonical, sort_keys=True, default=str)
+    digest = hashlib.sha256(described.encode()).hexdigest()
     return DatasetInfo(
         name=name, title=fields.text('title', name), class_names=tuple(classes), colors=tuple(colors),
         image_template=images, label_template=labels, subsets=subsets,
@@ -344,7 +346,8 @@ def build_info(data, path):
         encoding=encoding, crop_size=fields.size('crop_size', data.get('crop_size'), (321, 321)),
         eval_size=eval_size, eval_fit=eval_fit, eval_window=window, full_size=full_size,
         normalization=normalization, root_env=fields.text('root_env'),
-        default_root=(folder / root).resolve() if root else folder, description=path, digest=digest)
+        default_root=(folder / root).resolve() if root else folder, description=path, digest=digest,
+        described=described)
 
 
 def read_fractions(fields):
