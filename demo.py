@@ -3,7 +3,8 @@
 Makes the synthetic VOC-layout set if absent, then runs the real command lines one after another:
 supervised training on 1/8 of the labels (state 2), DST-CBC rounds each as its own process
 (state 1 with --round), and evaluation of both checkpoints (state 3). Every command is printed,
-so it can be rerun or adapted by hand.
+so it can be rerun or adapted by hand. (`--quick`, the tests' form, runs the same command lines
+with tiny settings through each program's main() in this process.)
 
 Last, `predict.py` segments a few new images the network never saw (made with another seed) into
 <work-dir>/predictions/, as a user segments their own photographs.
@@ -99,11 +100,34 @@ def thread_environment(threads):
     return environment
 
 
-def run(command, work_dir, environment=None):
+def run(command, work_dir, environment=None, in_process=False):
+    """Print a command line and run it, as a process of its own, or with `in_process` (--quick,
+    for tests) through its program's main() in this process: the same command line without an
+    interpreter start (seconds each) per command."""
     print('\n$ python ' + ' '.join([Path(command[1]).name] + command[2:]), flush=True)
-    completed = subprocess.run(command, cwd=work_dir, env=environment)
-    if completed.returncode != 0:
-        sys.exit(f'demo: the command above failed with status {completed.returncode}')
+    if in_process:
+        status = run_in_this_process(command, work_dir, environment)
+    else:
+        status = subprocess.run(command, cwd=work_dir, env=environment).returncode
+    if status != 0:
+        sys.exit(f'demo: the command above failed with status {status}')
+
+
+def run_in_this_process(command, work_dir, environment):
+    import importlib
+
+    import torch
+
+    program = importlib.import_module(Path(command[1]).stem)
+    threads = (environment or {}).get('OMP_NUM_THREADS')
+    if threads:   # what thread_environment sets for a process of its own
+        torch.set_num_threads(int(threads))
+    here = os.getcwd()
+    os.chdir(work_dir)
+    try:
+        return program.main([str(arg) for arg in command[2:]]) or 0
+    finally:
+        os.chdir(here)
 
 
 def results(work_dir, name):
@@ -259,7 +283,8 @@ def main(argv=None):
                         help='CPU threads per run (default 1: the figures then do not depend on the '
                              'core count, and a shared machine does not stall every parallel region; '
                              '0: torch\'s default, one per core, faster on an idle machine)')
-    parser.add_argument('--quick', action='store_true', help='a seconds-long run, for tests')
+    parser.add_argument('--quick', action='store_true',
+                        help='a seconds-long run, for tests: tiny settings, and the command lines run in this process')
     args = parser.parse_args(argv)
     if args.threads < 0:
         parser.error('--threads must be 0 (one per core) or more')
@@ -279,18 +304,18 @@ def main(argv=None):
     print(f'each run below uses {args.threads} CPU thread(s): OMP_NUM_THREADS={args.threads} (--threads)'
           if args.threads else 'each run below uses torch\'s default CPU threads (one per core)')
     run(base + ['--state', '2', '--exp-name', SUPERVISED, '--valtiny'] + settings['supervised'], work_dir,
-        environment)
+        environment, args.quick)
     rounds = int(flag_value(settings['self_training'], '--iters'))
     previous = f'{SUPERVISED}.pt'
     for round_number in range(1, rounds + 1):
         name = round_name(round_number)
         run(base + ['--state', '1', '--exp-name', name, '--continue-from', previous, '--valtiny',
-                    '--round', str(round_number)] + settings['self_training'], work_dir, environment)
+                    '--round', str(round_number)] + settings['self_training'], work_dir, environment, args.quick)
         previous = f'{name}.pt'
     # Report on val, which chose nothing.
     for name, checkpoint in ((EVAL_SUPERVISED, f'{SUPERVISED}.pt'), (EVAL_DSTCBC, previous)):
         run(base + ['--state', '3', '--exp-name', name, '--continue-from', checkpoint], work_dir,
-            environment)
+            environment, args.quick)
 
     supervised, dstcbc = results(work_dir, EVAL_SUPERVISED), results(work_dir, EVAL_DSTCBC)
     for result in (supervised, dstcbc):
@@ -307,7 +332,7 @@ def main(argv=None):
     run([sys.executable, str(REPO_DIR / 'predict.py'), '--dataset', 'voc', '--checkpoint', previous,
          '--out', str(predictions_dir), str(new_dir / 'images'), '--confidence', 'npy', '--overwrite',
          '--eval-size', *settings['common'][settings['common'].index('--eval-size') + 1:][:2],
-         '--device', 'cpu', '--workers', args.workers], work_dir, environment)
+         '--device', 'cpu', '--workers', args.workers], work_dir, environment, args.quick)
 
     paths, shown = make_pictures(work_dir, data_dir, settings, previous, rounds, args.threads,
                                  new_images=(new_dir, predictions_dir, new_names))

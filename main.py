@@ -34,7 +34,8 @@ from utils.flags import (OneLineParser, finite_number, non_negative_int, non_neg
                          positive_number)
 from utils.evaluation import run_evaluation
 from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
-from utils.guards import TRAINING_STATES, check_memory_fits, check_name_once, check_outputs, check_training_flags
+from utils.guards import (TRAINING_STATES, check_memory_fits, check_name_once, check_outputs, check_training_flags,
+                          flags_the_state_ignores)
 from utils.pseudo_labeling import run_pseudo_labeling
 from utils.self_training import run_self_training
 from utils.stopping import StopRequest, quiet_when_stopped
@@ -222,7 +223,9 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.ignored_flags = flags_the_state_ignores(args, {action.dest: action.default for action in parser._actions})
     args.save = not args.do_not_save
     if args.st_epochs is None:
         args.st_epochs = [DEFAULT_ROUND_EPOCHS] * args.iters
@@ -309,6 +312,8 @@ def describe_run(args, argv, runtime, info, root, experiment):
                    + (f' (from the checkpoint: {", ".join(adopted)})' if adopted else ''))
     if replaced:
         experiment.log(f'--overwrite: this run replaces {", ".join(map(str, replaced))} as it writes its own')
+    for note in args.ignored_flags:
+        experiment.log(f'warning: {note}')
     if args.resume and not resuming:
         experiment.log(f'--resume: a state {args.state} run keeps no state to resume from; it runs from the start')
     return RunContext(args=args, info=info, root=root, runtime=runtime, experiment=experiment,

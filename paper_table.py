@@ -40,10 +40,10 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.files import atomic_path
 from utils.flags import OneLineParser
 
 PAPER_PROTOCOL = 'best on val'
@@ -658,17 +658,11 @@ def format_tables(cells, protocol=None):
 # ---------------------------------------------------------------- files
 
 def write_atomically(path, write):
-    """Call write(temporary_path), then rename over `path`: a reader never sees half a file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
-                                         suffix='.tmp')
-    os.close(handle)
-    try:
+    """Call write(temporary_path), then rename over `path`: a reader never sees half a file, and
+    the file has the usual permissions (0o666 less the umask; mkstemp's 0600 hid the table from a
+    shared group)."""
+    with atomic_path(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def csv_rows(cells, protocol=None):

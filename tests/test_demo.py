@@ -1,5 +1,6 @@
-"""The README's first command, in its quick form: the same chain of real command lines, selecting
-on valtiny and reporting on val, and the pictures it leaves in <work-dir>/pictures/."""
+"""The README's first command, in its quick form: the same chain of real command lines (run in the
+demo's process, without an interpreter start each), selecting on valtiny and reporting on val,
+and the pictures it leaves in <work-dir>/pictures/."""
 import json
 import subprocess
 import sys

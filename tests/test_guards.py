@@ -418,6 +418,23 @@ def test_round_and_ratio_flags_that_mean_nothing_are_refused(capsys):
     assert main.parse_args(['--state', '0', '--label-ratio', '1']).label_ratio == 1.0
 
 
+def test_flags_a_state_does_not_read_are_warned_or_refused_when_taken_for_another(capsys):
+    """State 1 with --label-ratio 0.3 ran at ratio 0.2, state 3 took --gamma 9 and state 2
+    --scales 0.5 1.0, all in silence. A flag mistaken for one the state reads is refused; the
+    others (a script may give every state one set of flags) are warned in the run's log."""
+    status, _, lines = run(capsys, '--state', '1', '--label-ratio', '0.3')
+    assert status == 2
+    one_line(lines, '--label-ratio means nothing in state 1 (only state 0 reads it)', '--init-label-ratio',
+             '--det-label-ratio')
+    assert main.parse_args(['--state', '3', '--gamma', '9', '--scales', '0.5', '1']).ignored_flags == [
+        '--gamma means nothing in state 3 (only state 1 reads it): ignored']
+    assert main.parse_args(['--state', '2', '--scales', '0.5', '1', '--flip']).ignored_flags == [
+        '--scales means nothing in state 2 (only state 3 reads it): ignored',
+        '--flip means nothing in state 2 (only state 3 reads it): ignored']
+    assert main.parse_args(['--state', '0', '--label-ratio', '0.3', '--scales', '1']).ignored_flags == []
+    assert main.parse_args(['--state', '1', '--gamma', '9', '--st-epochs', '3', '--iters', '1']).ignored_flags == []
+
+
 def test_default_names_are_unique_and_free(tmp_path, monkeypatch):
     """Two runs started in the same second without --exp-name shared one timestamp name."""
     monkeypatch.chdir(tmp_path)

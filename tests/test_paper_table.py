@@ -379,7 +379,7 @@ def test_csv_rows(runs, tmp_path):
     # VOC: 6 fractions x 2 methods, Cityscapes: 4 x 2, for best and last step; the two
     # evaluations: VOC only
     assert len(rows) == 2 * (12 + 8) + 2 * 12
-    assert not list(tmp_path.glob('.table.csv*'))   # no temporary file left
+    assert not list(tmp_path.glob('*.tmp'))   # no temporary file left
 
 
 def test_command_line_writes_csv_and_png(runs, tmp_path):
@@ -395,6 +395,11 @@ def test_command_line_writes_csv_and_png(runs, tmp_path):
                == ('best on val', 'voc', '1/8', 'supervised'))
     assert (row['mean_miou'], row['std_miou'], row['paper_miou'], row['diff']) == \
         ('66.31', '0.27', '66.20', '0.11')
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('out.csv', 'out.png'):   # mkstemp's 0600 hid them from a shared group
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
     import matplotlib.image
     assert (tmp_path / 'out.png').stat().st_size > 0
@@ -529,7 +534,9 @@ def test_sliding_window_and_valtiny_report_are_named(tmp_path):
 
 
 def test_unwritable_output_is_a_one_line_error(runs, tmp_path, capsys):
-    target = tmp_path / 'absent' / 'out.csv'
+    blocker = tmp_path / 'a file'   # where a folder should be (a missing folder is made)
+    blocker.write_text('')
+    target = blocker / 'out.csv'
     assert paper_table.main([str(runs), '--csv', str(target)]) == 4
     err = capsys.readouterr().err
     assert err.startswith(f'error: cannot write {target}: ') and err.count('\n') == 1

@@ -126,6 +126,40 @@ def check_training_flags(args):
     check_crop_for_batch_norm(args)
 
 
+# Flags only some states read, and those states (spec: state 0 labels, 1 self-trains, 2 trains,
+# 3 evaluates). Given to another state they were ignored in silence: state 1 with --label-ratio 0.3
+# ran at 0.2, state 3 took --gamma 9, state 2 --scales 0.5 1.0.
+STATES_READING = {
+    'label_ratio': (0,), 'init_label_ratio': (0, 1), 'pseudo_dir': (0, 1),
+    'det_label_ratio': (1,), 'gamma': (1,), 'st_epochs': (1,), 'st_lr': (1,), 'iters': (1,), 'round': (1,),
+    'init_epochs': (1, 2),
+    'scales': (3,), 'flip': (3,), 'sliding_window': (3,), 'window_stride': (3,), 'full_resolution': (3,),
+    'save_predictions': (3,),
+}
+# Where a flag is mistaken for another that the state does read: refused, naming that one.
+MISTAKEN_FLAGS = {
+    ('label_ratio', 1): 'state 1\'s ratios are --init-label-ratio (round 1) and --det-label-ratio (added each round)',
+}
+
+
+def flags_the_state_ignores(args, defaults):
+    """[(flag, states that read it)] for the flags set away from their defaults (`defaults`:
+    dest -> the parser's default) that this state does not read. A script that runs every state
+    with one set of flags gives them on purpose, so these are warned (main.py logs them); one
+    taken for another flag of this state (MISTAKEN_FLAGS) is refused here, naming that one."""
+    ignored = []
+    for dest, states in STATES_READING.items():
+        value = getattr(args, dest, None)
+        if args.state in states or value is None or value is False or value == defaults.get(dest):
+            continue
+        flag, which = '--' + dest.replace('_', '-'), ' or '.join(str(state) for state in states)
+        if (dest, args.state) in MISTAKEN_FLAGS:
+            raise InputError(f'{flag} means nothing in state {args.state} (only state {which} reads it): '
+                             f'{MISTAKEN_FLAGS[dest, args.state]}; leave it out')
+        ignored.append(f'{flag} means nothing in state {args.state} (only state {which} reads it): ignored')
+    return ignored
+
+
 def feature_map_size(height, width):
     """The size of the network's 1/8 feature map for a height x width input. torchvision's ResNet
     stem (7x7 convolution, stride 2, padding 3; 3x3 max pool, stride 2, padding 1) and layer2's
