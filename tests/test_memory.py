@@ -167,23 +167,22 @@ def test_a_real_out_of_memory_inside_the_network_is_one_line_exit_6(synthetic_vo
     assert 'ended: failed (exit 6): out of memory' in (tmp_path / 'logs' / 'oom' / 'run.log').read_text()
 
 
-def limit_file_size():
-    """In the child: files (shared memory segments included) may not grow past 8 kB, as a full
-    /dev/shm refuses to grow them (EFBIG here rather than ENOSPC)."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-
 def test_full_shared_memory_is_one_line_exit_6(synthetic_voc, supervised_checkpoint, tmp_path):
     """Loader workers hand their batches over in /dev/shm (64 MB in a Docker container by default):
     when it is full, torch's "unable to write to file </torch_...>: No space left on device" came
-    back from the worker as a traceback, exit 1."""
+    back from the worker as a traceback, exit 1. A file size limit of 200 kB (kept only for the
+    run, in this process) lets the run write its small files but not a batch's 590 kB segment:
+    EFBIG rather than ENOSPC, as a full /dev/shm refuses to grow one."""
     (tmp_path / 'sup.pt').write_bytes(supervised_checkpoint.read_bytes())
     flags = list(TINY_FLAGS)
     flags[flags.index('--workers') + 1] = '2'
-    completed = subprocess.run([sys.executable, str(MAIN), '--state', '3', '--exp-name', 'shm', '--continue-from',
-                                'sup.pt', *flags, '--data-root', str(synthetic_voc)], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
-                               env=dict(os.environ, TQDM_DISABLE='1', OMP_NUM_THREADS='1'))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+    try:
+        completed = run_main(tmp_path, '--state', '3', '--exp-name', 'shm', '--continue-from', 'sup.pt', *flags,
+                             '--data-root', synthetic_voc)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     errors = [line for line in completed.stderr.splitlines() if line.strip()]
     assert completed.returncode == 6 and len(errors) == 1, completed.stderr[-3000:]
     assert errors[0].startswith('error: out of shared memory (/dev/shm)') and '--workers 0' in errors[0]
