@@ -265,8 +265,8 @@ def colour_counts(codes, counts):
 
 
 def survey(image_dir, label_dir, ids, image_suffix, label_suffix, threads):
-    """(kind, {value or colour: pixels}, {colour: pixels on an edge}, image sizes) over every
-    label, in threads."""
+    """(kind, {value or colour: pixels}, {colour: pixels on an edge}, image sizes, {label path:
+    the values or colours it holds}) over every label, in threads."""
     def one(name):
         label_path, image_path = Path(label_dir) / (name + label_suffix), Path(image_dir) / (name + image_suffix)
         return (name, *survey_label(label_path, image_path))
@@ -284,7 +284,8 @@ def survey(image_dir, label_dir, ids, image_suffix, label_suffix, threads):
         for table, source in ((totals, counts), (edges, edge_counts)):
             for key, count in source.items():
                 table[key] = table.get(key, 0) + count
-    return next(iter(kinds)), totals, edges, [size for *_, size in results]
+    held = {Path(label_dir) / (name + label_suffix): set(counts) for name, _, counts, _, _ in results}
+    return next(iter(kinds)), totals, edges, [size for *_, size in results], held
 
 
 def edge_blends(totals, edges):
@@ -312,15 +313,20 @@ def edge_blends(totals, edges):
     return sorted(found, key=lambda blend: -blend[1])
 
 
-def blend_refusal(blends, totals):
+def blend_refusal(blends, totals, held):
+    """The one line for smoothed masks, naming the masks that hold blends (a dataset of hundreds
+    of masks may have a few drawn otherwise)."""
     colour, share, (first, second) = blends[0]
+    blended = {blend for blend, _, _ in blends}
+    masks = [str(path) for path, colours in held.items() if colours & blended]
     ends = sorted({end for _, _, pair_of in blends for end in pair_of})
     shown = ', '.join(str(list(end)) for end in ends[:4]) + (', ...' if len(ends) > 4 else '')
     return InputError(f'{len(blends)} of the {len(totals)} colours in the labels look like blends along the edges '
                       f'between {len(ends)} class colours ({shown}): e.g. {list(colour)}, {share:.2%} of the pixels, '
-                      f'lies between {list(first)} and {list(second)}; the masks were anti-aliased or smoothed: save '
-                      f'them without anti-aliasing or smoothing (and resize them with nearest-neighbour), so that '
-                      f'every pixel holds one class\'s colour')
+                      f'lies between {list(first)} and {list(second)}, in {len(masks)} of {len(held)} masks ('
+                      f'{", ".join(masks[:SHOWN_FILES])}{", ..." if len(masks) > SHOWN_FILES else ""}): they were '
+                      f'anti-aliased or smoothed: save them without anti-aliasing or smoothing (and resize them with '
+                      f'nearest-neighbour), so that every pixel holds one class\'s colour')
 
 
 def choose_classes(kind, totals, ignore):
@@ -368,15 +374,13 @@ def refuse_too_few_classes(kind, values, ignore, totals, label_dir):
                      f'least two classes: {where}')
 
 
-def class_names(given, values, kind, blends):
+def class_names(given, values, kind):
     """The names of the classes: --classes (already checked to be names), else class_<value>."""
     if given is None:
         return [f'class_{r}_{g}_{b}' for r, g, b in values] if kind == 'rgb' else [f'class_{value}' for value in values]
     if len(given) != len(values):
-        look = (f', {len(blends)} of which look like blends along edges (anti-aliased or smoothed masks)'
-                if blends else '')
         raise InputError(f'--classes names {len(given)} classes, but the labels hold {len(values)} '
-                         f'{"colours" if kind == "rgb" else "class values"}{look}: give one name per class, in the '
+                         f'{"colours" if kind == "rgb" else "class values"}: give one name per class, in the '
                          f'order a run without --classes lists them (values ascending, colours by (r, g, b) '
                          f'ascending)')
     return given
@@ -642,13 +646,13 @@ def run(args):
     refuse_clashes(out, list(lists), args.overwrite)
     refuse_stale_splits(lists_dir, lists)
 
-    kind, totals, edges, sizes = survey(image_dir, label_dir, ids, image_suffix, label_suffix, args.threads)
+    kind, totals, edges, sizes, held = survey(image_dir, label_dir, ids, image_suffix, label_suffix, args.threads)
     values, ignore, notes = choose_classes(kind, totals, args.ignore)
     refuse_too_few_classes(kind, values, ignore, totals, label_dir)
     blends = edge_blends(totals, edges) if kind == 'rgb' else []
-    classes = class_names(given, values, kind, blends)
-    if blends:
-        raise blend_refusal(blends, totals)
+    if blends:   # before --classes is counted: the blends are the colours it does not name
+        raise blend_refusal(blends, totals, held)
+    classes = class_names(given, values, kind)
     if len(values) > MAX_CLASSES:
         raise InputError(f'the labels hold {len(values)} different {"colours" if kind == "rgb" else "values"}; '
                          f'at most {MAX_CLASSES} classes fit: are these labels, or photographs?')

@@ -173,7 +173,9 @@ def files_to_write_into_shipped(folder, contents):
 def refuse_changes_unless_overwrite(folder, contents, overwrite):
     """Splits written before are what earlier runs trained on: another seed or list must not
     replace them silently (nor leave a folder of two seeds' files), only with --overwrite."""
-    changed = None if overwrite else first_changed_file(folder, contents)
+    # the requested fractions' files first: 1_labeled_K (the whole list, shuffled) is named last
+    in_order = dict(sorted(contents.items(), key=lambda item: item[0].startswith('1_')))
+    changed = None if overwrite else first_changed_file(folder, in_order)
     if changed is not None:
         raise InputError(f'{folder / changed} exists with other ids (written before, from another list, seed or '
                          f'--sets); pass --overwrite to replace the splits, or --out DIR to write them elsewhere')

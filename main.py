@@ -30,7 +30,7 @@ from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
 from utils.device import configure_backends, is_out_of_memory, is_shared_memory_exhausted, use_channels_last
 from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
-from utils.flags import (OneLineParser, finite_number, non_negative_int, non_negative_number, positive_int,
+from utils.flags import (HelpFormatter, OneLineParser, finite_number, non_negative_int, non_negative_number, positive_int,
                          positive_number)
 from utils.evaluation import run_evaluation
 from utils.experiment import AUTOCAST_DTYPES, Experiment, choose_device, describe_precision, resolve_precision
@@ -46,15 +46,6 @@ from utils.versions import check_versions
 STATES = {0: run_pseudo_labeling, 1: run_self_training, 2: run_supervised, 3: run_evaluation}
 DEFAULT_ROUND_EPOCHS = 6          # the original's --st-epochs 6 6 6 6 6
 EXIT_INPUT = InputError.exit_status
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where there is one worth showing."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 # context.seed(offset) is seed * 1000 + offset, and EpochBatchSampler seeds torch's generator with

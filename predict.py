@@ -35,7 +35,6 @@ from utils.stopping import end_on_stop_signals  # noqa: E402  (first, before the
 if __name__ == '__main__':   # not in a spawned loader worker, which imports this file as __mp_main__
     end_on_stop_signals(130, 'stopped: {signal} while the program started; nothing was written\n')
 
-import argparse
 import csv
 import errno
 import glob
@@ -47,7 +46,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from utils.flags import OneLineParser, non_negative_int, positive_int, positive_number  # noqa: E402
+from utils.flags import HelpFormatter, OneLineParser, non_negative_int, positive_int, positive_number  # noqa: E402
 
 LIST_EXTENSIONS = {'.txt', '.lst'}
 OUTPUT_FOLDERS = ('index', 'color', 'overlay', 'confidence')
@@ -56,7 +55,7 @@ SUMMARY_NAMES = ('summary.csv', 'summary.json', 'predictions.json')
 
 def build_parser():
     parser = OneLineParser(prog='predict.py', description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders, globs or list files')
     parser.add_argument('--dataset', default=None, metavar='{voc,city,FILE}',
                         help='the dataset the checkpoint was trained for: its classes, colours, evaluation size '

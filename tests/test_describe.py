@@ -271,8 +271,13 @@ def test_anti_aliased_colour_masks_are_refused(tmp_path):
                    'save them without anti-aliasing or smoothing', 'nearest-neighbour')
     assert 'between 3 class colours ([0, 0, 0], [0, 0, 255], [255, 0, 0]): e.g. [' in line
     assert re.search(r'e\.g\. \[\d+, \d+, \d+\], \d\.\d\d% of the pixels, lies between \[\d+, \d+, \d+\] and \[', line)
-    line = refused(describe(data, '--classes', 'a,b,c'), '--classes names 3 classes, but the labels hold',
-                   'of which look like blends along edges')
+    assert f"in 3 of 3 masks ({data / 'labels' / 'a.png'}, {data / 'labels' / 'b.png'}, " in line
+    # with --classes the blends are still what is said: the names are not what is wrong
+    refused(describe(data, '--classes', 'a,b,c'), 'look like blends along the edges', 'save them without')
+    sharp = write_pairs(tmp_path / 'one_smoothed', ['a', 'b', 'c', 'd'], label=sharp_mask)
+    (sharp / 'labels' / 'c.png').write_bytes((data / 'labels' / 'c.png').read_bytes())
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(sharp / 'images' / 'c.jpg')
+    refused(describe(sharp), 'in 1 of 4 masks', str(sharp / 'labels' / 'c.png'))
     assert not (data / 'd.yaml').exists()
     # a small class on the line between two others, with insides, is a class
     data = write_pairs(tmp_path / 'sharp', ['a', 'b', 'c', 'd'], label=sharp_mask)

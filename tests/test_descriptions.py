@@ -357,7 +357,7 @@ def test_generate_splits_of_a_description_never_replaces_splits_silently(tmp_pat
     status, out, err = call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2', '--sets', '1',
                             '--seed', '1')
     assert status == 2 and out == '' and err.count('\n') == 1
-    assert f'{lists / "1_labeled_0.txt"} exists with other ids' in err and '--overwrite' in err
+    assert f"{lists / '2_labeled_0.txt'} exists with other ids" in err and '--overwrite' in err
     assert {path.name: path.read_bytes() for path in lists.iterdir()} == before
     status, out, err = call(generate_splits, '--dataset', data / 'd.yaml', '--fractions', '2', '--sets', '1',
                             '--seed', '1', '--overwrite')

@@ -395,8 +395,9 @@ def read_colors(fields, num_classes):
         raise fields.error('colors', 'must be a list of [r, g, b], one per class')
     colors = [read_color(fields, 'colors', value, position) for position, value in enumerate(given)]
     if len(colors) != num_classes:
-        raise fields.error('colors', f'{len(colors)} colours for {num_classes} classes: give one per class '
-                                     f'(or none: the PASCAL VOC palette)')
+        fallback = ('' if fields.data.get('label_encoding') == 'rgb'   # colour masks need every class's colour
+                    else ' (or none: the PASCAL VOC palette)')
+        raise fields.error('colors', f'{len(colors)} colours for {num_classes} classes: give one per class{fallback}')
     return colors
 
 

@@ -15,6 +15,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(InputError.exit_status, f'error: {message} (see python {self.prog} --help)\n')
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one worth showing (not None or False: a flag's help
+    says in words what its absence means)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
