@@ -133,9 +133,9 @@ SMALL_PLAN = Plan(
     supervised_flags=('--init-epochs', '2', '--val-num-steps', '2', '--lr', '0.01'),
     self_training_flags=('--iters', '1', '--st-epochs', '1', '--init-epochs', '0', '--gamma', '9',
                          '--st-lr', '0.01', '--val-num-steps', '4'),
-    backbone='resnet14', train_size=(32, 32), train_batch=2, train_warmup=1, train_steps=2,
+    backbone='resnet14', train_size=(32, 32), train_batch=2, train_warmup=1, train_steps=1,
     image_size=(24, 32), canvas=(32, 32), infer_batch=2, unique_images=2, pass_images=4,
-    infer_warmup=1, infer_batches=2, sync_steps=4, time_limit_s=600.0)
+    infer_warmup=1, infer_batches=1, sync_steps=4, time_limit_s=600.0)
 
 
 # --- the report ------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_a_validation_that_failed_is_done_first_when_resumed(failing_step):
 
 
 def test_two_runs_of_one_name_second_refused_first_intact(root, tmp_path):
-    args = ['--state', 2, '--exp-name', 'twice', '--data-root', root, '--init-epochs', 30,
+    args = ['--state', 2, '--exp-name', 'twice', '--data-root', root, '--init-epochs', 10,
             '--val-num-steps', 1000, *TINY, '--workers', 0]
     first = start(tmp_path, *args)
     log = tmp_path / 'logs' / 'twice' / 'run.log'
@@ -216,7 +216,7 @@ def test_two_runs_of_one_name_second_refused_first_intact(root, tmp_path):
         os.killpg(first.pid, signal.SIGCONT)
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
-    assert results(tmp_path, 'twice')['steps'] == 30 and load_checkpoint(tmp_path / 'twice.pt')['step'] == 30
+    assert results(tmp_path, 'twice')['steps'] == 10 and load_checkpoint(tmp_path / 'twice.pt')['step'] == 10
 
 
 def test_two_labeling_runs_of_one_name(root, tmp_path):
