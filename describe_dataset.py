@@ -38,8 +38,8 @@ from PIL import Image
 from data_processing import check_entry, normalise_id
 from utils.dataset_description import FORMAT, MAX_CLASSES, NAME_PATTERN, read_description, voc_palette
 from utils.errors import InputError, RunError, one_line
-from utils.flags import OneLineParser
-from utils.files import atomic_path, guarded_write
+from utils.flags import OneLineParser, positive_int
+from utils.files import atomic_path, guarded_write, walk_following_links
 from utils.images import IMAGE_EXTENSIONS, READ_ERRORS, image_size
 from utils.label_encoding import SINGLE_CHANNEL_MODES, refuse_lossy
 from utils.labels import IGNORE_INDEX
@@ -70,7 +70,7 @@ def image_files(folder, extensions=IMAGE_EXTENSIONS):
     real folder searched once so that a link to a folder above cannot loop; hidden files and
     folders (`.DS_Store`, macOS's `._x.png` copies, `.ipynb_checkpoints/`) are skipped, as they
     are no one's data."""
-    found, skipped, searched = [], [], set()
+    found, skipped = [], []
 
     def relative(path):
         return Path(os.path.relpath(path, folder)).as_posix()
@@ -78,13 +78,11 @@ def image_files(folder, extensions=IMAGE_EXTENSIONS):
     def unreadable(error):
         skipped.append((relative(error.filename) + '/', f'cannot be searched ({error.strerror})'))
 
-    for current, folders, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(current)
-        if real in searched:
-            skipped.append((relative(current) + '/', f'a link to {real}, a folder searched already'))
-            folders[:] = []
+    for current, folders, files, seen_before in walk_following_links(folder, onerror=unreadable):
+        if seen_before:
+            skipped.append((relative(current) + '/', f'a link to {os.path.realpath(current)}, a folder searched '
+                                                     f'already'))
             continue
-        searched.add(real)
         skipped += [(relative(os.path.join(current, name)) + '/', 'a hidden folder')
                     for name in folders if name.startswith('.')]
         folders[:] = sorted(name for name in folders if not name.startswith('.'))
@@ -410,12 +408,6 @@ def share(text):
     if value is None or not 0 < value < 1:
         raise argparse.ArgumentTypeError(f'must be a number between 0 and 1, got {text!r}')
     return value
-
-
-def positive_int(text):
-    if not text.strip().isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text!r}')
-    return int(text)
 
 
 def given_classes(text):

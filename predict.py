@@ -205,18 +205,18 @@ def add_folder(inputs, folder, given):
     once (a link to a folder above it cannot loop), real subfolders before links so that a file
     keeps its own path where it has one; a link to nothing, a folder that cannot be read and a
     folder of predict.py's outputs are skipped, one line each."""
-    visited, found = set(), []
+    from utils.files import walk_following_links
+
+    found = []
 
     def unreadable(error):
         inputs.skip(f'{error.filename}/', f'cannot read the folder ({error.strerror})')
 
-    for current, subfolders, names in os.walk(folder, followlinks=True, onerror=unreadable):
-        real = os.path.realpath(current)
-        if real in visited or inputs.holds_outputs(current):
+    for current, subfolders, names, seen_before in walk_following_links(folder, onerror=unreadable):
+        if seen_before or inputs.holds_outputs(current):
             subfolders[:] = []
             continue
-        visited.add(real)
-        inputs.folders.append(Path(real))
+        inputs.folders.append(Path(os.path.realpath(current)))
         subfolders.sort(key=lambda name: (os.path.islink(os.path.join(current, name)), name))
         found.extend(Path(current) / name for name in names)
     for path in sorted(found):

@@ -24,6 +24,22 @@ LONGEST_TEMPORARY_SUFFIX = len(f'.{2 ** 22}.tmp')
 DEFAULT_NAME_MAX = 255
 
 
+def walk_following_links(folder, onerror=None):
+    """os.walk with links to folders followed, as a user who links a subfolder in expects, each
+    real folder entered once, so that a link to a folder above cannot loop. Yields (folder,
+    subfolders, files, seen_before); a folder seen before is yielded once more with its
+    subfolders emptied (not entered), for the caller to say so. Like os.walk's, `subfolders` may
+    be pruned or reordered in place before the walk goes on."""
+    searched = set()
+    for current, subfolders, files in os.walk(folder, onerror=onerror, followlinks=True):
+        real = os.path.realpath(current)
+        seen_before = real in searched
+        if seen_before:
+            subfolders[:] = []
+        searched.add(real)
+        yield current, subfolders, files, seen_before
+
+
 def temporary_name(path):
     path = Path(path)
     return path.with_name(f'{path.name}.{os.getpid()}.tmp')
