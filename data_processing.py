@@ -36,12 +36,15 @@ CITY_CLASSES, CITY_COLORS = CITYSCAPES.class_names, CITYSCAPES.colors
 DATASETS = tuple(SHIPPED)      # the names --dataset knows besides a description file
 
 
+def list_folders(info, root):
+    """Where a dataset's lists are looked for, first to last: its own list folder (val.txt lives
+    there), then the shipped splits folder of the description (data_splits/...), where it has one."""
+    return [Path(root) / info.list_dir] + ([info.splits_dir] if info.splits_dir is not None else [])
+
+
 def find_list(info, root, list_name):
-    """A list in the dataset's own list folder wins (val.txt lives there); else the shipped
-    splits folder of the description (data_splits/...), where it has one."""
-    candidates = [Path(root) / info.list_dir / f'{list_name}.txt']
-    if info.splits_dir is not None:
-        candidates.append(info.splits_dir / f'{list_name}.txt')
+    """A list in the dataset's own list folder wins; else the shipped splits folder."""
+    candidates = [folder / f'{list_name}.txt' for folder in list_folders(info, root)]
     for path in candidates:
         if path.is_file():
             return path

@@ -28,7 +28,8 @@ from models import BACKBONES
 from utils import distributed
 from utils.cbc import file_sha256
 from utils.context import RunContext, list_digests, resolve_architecture, torch_versions
-from utils.device import configure_backends, is_out_of_memory, is_shared_memory_exhausted, use_channels_last
+from utils.device import (SHARED_MEMORY_ADVICE, configure_backends, is_out_of_memory, is_shared_memory_exhausted,
+                          use_channels_last)
 from utils.errors import InputError, Interrupted, OutOfMemory, PeerFailure, RunError, StopRequested, one_line
 from utils.flags import (HelpFormatter, OneLineParser, finite_number, non_negative_int, non_negative_number, positive_int,
                          positive_number)
@@ -363,8 +364,7 @@ def stop_message(context, stop):
 
 
 def out_of_shared_memory():
-    return OutOfMemory('out of shared memory (/dev/shm), where the loader workers hand their batches over: use '
-                       '--workers 0, or give the container more /dev/shm (e.g. docker --shm-size=8g)')
+    return OutOfMemory(SHARED_MEMORY_ADVICE)
 
 
 def out_of_memory(error):

@@ -430,9 +430,8 @@ def load_network(checkpoint, checkpoint_path, info, runtime, args):
     or other classes than the dataset's is refused, naming both. The architecture is the flags',
     else the checkpoint's, else the paper's (as main.py resolves it)."""
     from models import deeplab_v2
-    from utils.checkpoints import check_classes, load_model_state
+    from utils.checkpoints import check_classes, description_warning, load_model_state
     from utils.context import DEFAULT_ARCHITECTURE
-    from utils.dataset_description import meaning_differences, meaning_warning
     from utils.errors import InputError
 
     classifier = checkpoint['model'].get('classifier.0.convs.0.weight')
@@ -442,10 +441,9 @@ def load_network(checkpoint, checkpoint_path, info, runtime, args):
                          f'has {info.num_classes} ({", ".join(info.class_names)}); pass the --dataset it was '
                          f'trained for')
     check_classes(checkpoint, info, checkpoint_path)
-    differences = meaning_differences(checkpoint.get('dataset_meaning'), info)
-    if differences and runtime.is_main:
-        settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
-        print(f'warning: {meaning_warning(checkpoint_path, settings.get("dataset_description"), differences, info)}')
+    warning = description_warning(checkpoint, info, checkpoint_path)
+    if warning and runtime.is_main:
+        print(f'warning: {warning}')
     recorded = checkpoint.get('architecture') or {}
     architecture = {key: getattr(args, key) if getattr(args, key) is not None else recorded.get(key, default)
                     for key, default in DEFAULT_ARCHITECTURE.items()}
@@ -683,7 +681,7 @@ def main(argv=None):
     """Every expected failure is one line on stderr and an exit status, as in main.py; SIGINT and
     SIGTERM ask the run to stop between batches (utils/stopping.py)."""
     from utils import distributed
-    from utils.device import is_out_of_memory, is_shared_memory_exhausted
+    from utils.device import SHARED_MEMORY_ADVICE, is_out_of_memory, is_shared_memory_exhausted
     from utils.errors import Interrupted, OutOfMemory, RunError, StopRequested, one_line
     from utils.stopping import StopRequest
 
@@ -700,9 +698,7 @@ def main(argv=None):
             return error.exit_status
         except Exception as error:
             if is_shared_memory_exhausted(error):
-                print('error: out of shared memory (/dev/shm), where the loader workers hand their images over: '
-                      'use --workers 0, or give the container more /dev/shm (e.g. docker --shm-size=8g)',
-                      file=sys.stderr)
+                print(f'error: {SHARED_MEMORY_ADVICE}', file=sys.stderr)
                 return OutOfMemory.exit_status
             if not is_out_of_memory(error):
                 raise

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.dataset_description import SHIPPED, get_dataset_info
+from utils.dataset_description import SHIPPED, get_dataset_info, meaning_differences, meaning_warning
 from utils.device import all_finite
 from utils.errors import InputError, TrainingDiverged
 from utils.files import atomic_path, guarded_write
@@ -353,6 +353,17 @@ def check_classes(checkpoint, info, path):
     raise InputError(f'{path}: checkpoint was trained for the classes {", ".join(recorded)}, but '
                      f'{info.description or info.name} names {", ".join(info.class_names)} (class {differ}: '
                      f'{recorded[differ]!r} there, {info.class_names[differ]!r} here)')
+
+
+def description_warning(checkpoint, info, path):
+    """The warning for a checkpoint used under a description whose label encoding or input
+    normalisation differs from the one it was trained under (utils/dataset_description.py,
+    `dataset_meaning`), or None."""
+    differences = meaning_differences(checkpoint.get('dataset_meaning'), info)
+    if not differences:
+        return None
+    settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
+    return meaning_warning(path, settings.get('dataset_description'), differences, info)
 
 
 def recorded_setting(checkpoint, key):

@@ -15,9 +15,9 @@ import data_processing as dp
 from models import deeplab_v2
 from utils import distributed
 from utils.cbc import class_list, file_sha256, names_digest
-from utils.checkpoints import check_classes, load_checkpoint, load_model_state, save_checkpoint
+from utils.checkpoints import check_classes, description_warning, load_checkpoint, load_model_state, save_checkpoint
 from utils.data_check import check_dataset
-from utils.dataset_description import dataset_meaning, meaning_differences, meaning_warning
+from utils.dataset_description import dataset_meaning
 from utils.errors import InputError, RunError
 from utils.experiment import Experiment
 from utils.inference import Protocol
@@ -202,10 +202,9 @@ class RunContext:
         check_classes(checkpoint, self.info, path)
         check_architecture(checkpoint, self.architecture, path)
         load_model_state(model, checkpoint, path)
-        differences = meaning_differences(checkpoint.get('dataset_meaning'), self.info)
-        if differences and flag == '--continue-from':
-            settings = checkpoint.get('settings') if isinstance(checkpoint.get('settings'), dict) else {}
-            self.warn(meaning_warning(path, settings.get('dataset_description'), differences, self.info))
+        warning = description_warning(checkpoint, self.info, path)
+        if warning and flag == '--continue-from':
+            self.warn(warning)
         self.runtime.stop_point()   # a large checkpoint takes seconds to load
         return checkpoint
 
@@ -324,14 +323,24 @@ def check_same_run(saved, current, path):
                                  f'or start a new --exp-name')
             raise InputError(f'--resume: {flag} was {before} in the interrupted run ({path}), now {now}; '
                              f'resume with the same flags, or start a new --exp-name')
-    saved_lists, current_lists = saved.get('lists') or {}, current.get('lists') or {}
-    for list_name, before in saved_lists.items():
-        now = current_lists.get(list_name)
-        if now is None or now['ids_sha256'] == before['ids_sha256']:
-            continue
+    changed = changed_list(saved, current)
+    if changed:
+        before, now = changed
         moved = f' (it was read from {before["file"]})' if now['file'] != before['file'] else ''
         raise InputError(f'--resume: {now["file"]} changed since the interrupted run ({path}){moved}: its ids '
                          f'are not the same; restore the list, or start a new --exp-name')
+
+
+def changed_list(saved, current):
+    """(recorded, current) {file, ids_sha256} of the first list both settings record whose ids
+    differ, or None: --resume and a round's chain (utils/self_training.py) refuse it."""
+    saved_lists = saved.get('lists') if isinstance(saved.get('lists'), dict) else {}
+    current_lists = current.get('lists') or {}
+    for list_name, before in saved_lists.items():
+        now = current_lists.get(list_name)
+        if now is not None and isinstance(before, dict) and before.get('ids_sha256') not in (None, now['ids_sha256']):
+            return before, now
+    return None
 
 
 def list_names(args, info):
@@ -360,7 +369,7 @@ def missing_list(info, root, args, role, name, error):
     """A list the flags select that is not there, said by the flag that selects it and what makes
     it: 'list 2_labeled_0.txt not found' named neither --split nor generate_splits.py, nor the
     splits there are, nor the data root (a description moved away from its data)."""
-    folders = [Path(root) / info.list_dir] + ([info.splits_dir] if info.splits_dir is not None else [])
+    folders = dp.list_folders(info, root)
     where = ' or '.join(str(folder) for folder in folders)
     found = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob('*_labeled_*.txt')
                     if not path.name.startswith('1_')})   # 1_labeled_K: the whole list, shuffled

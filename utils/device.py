@@ -147,6 +147,10 @@ def is_out_of_memory(error):
             or (first_line.startswith('Caught ') and 'MemoryError' in first_line))
 
 
+SHARED_MEMORY_ADVICE = ('out of shared memory (/dev/shm), where the loader workers hand their batches over: use '
+                        '--workers 0, or give the container more /dev/shm (e.g. docker --shm-size=8g)')
+
+
 def is_shared_memory_exhausted(error):
     """Does `error` (or an exception it was raised from) say that shared memory ran out?
 

@@ -15,7 +15,7 @@ import torch
 
 from utils.cbc import (check_pseudo_labels, claim_folder_once, file_sha256, generate_pseudo_labels,
                        missing_pseudo_labels, reusable_pseudo_labels)
-from utils.context import describe_checkpoint, finish, scores_summary
+from utils.context import changed_list, describe_checkpoint, finish, scores_summary
 from utils.errors import InputError, Interrupted, StopRequested
 from utils.losses import DynamicLoss
 from utils.supervised import train_supervised
@@ -136,12 +136,10 @@ def check_same_chain(context, recorded, path):
                              f'same description, or start a new chain at --round 1')
         raise InputError(f'{previous}, which ran with {flag} {recorded[key]}; this run has {flag} {now.get(key)}: '
                          f'continue with {flag} {recorded[key]}, or start a new chain at --round 1')
-    recorded_lists = recorded.get('lists') if isinstance(recorded.get('lists'), dict) else {}
-    for name, digest in (now.get('lists') or {}).items():
-        before = recorded_lists.get(name)
-        if isinstance(before, dict) and before.get('ids_sha256') not in (None, digest['ids_sha256']):
-            raise InputError(f'{previous}, but the ids of {digest["file"]} changed since that round read it; '
-                             f'restore the list, or start a new chain at --round 1')
+    changed = changed_list(recorded, now)
+    if changed:
+        raise InputError(f'{previous}, but the ids of {changed[1]["file"]} changed since that round read it; '
+                         f'restore the list, or start a new chain at --round 1')
 
 
 def starting_bar(context, checkpoint, validate):
