@@ -217,7 +217,7 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.ignored_flags = flags_the_state_ignores(args, {action.dest: action.default for action in parser._actions})
+    args.ignored_flags = flags_the_state_ignores(args, parser.get_default)
     args.save = not args.do_not_save
     if args.st_epochs is None:
         args.st_epochs = [DEFAULT_ROUND_EPOCHS] * args.iters

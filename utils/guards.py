@@ -142,15 +142,15 @@ MISTAKEN_FLAGS = {
 }
 
 
-def flags_the_state_ignores(args, defaults):
-    """[(flag, states that read it)] for the flags set away from their defaults (`defaults`:
-    dest -> the parser's default) that this state does not read. A script that runs every state
+def flags_the_state_ignores(args, default_of):
+    """One line for each flag set away from its default (`default_of`: dest -> the parser's
+    default) that this state does not read, naming the states that do. A script that runs every state
     with one set of flags gives them on purpose, so these are warned (main.py logs them); one
     taken for another flag of this state (MISTAKEN_FLAGS) is refused here, naming that one."""
     ignored = []
     for dest, states in STATES_READING.items():
         value = getattr(args, dest, None)
-        if args.state in states or value is None or value is False or value == defaults.get(dest):
+        if args.state in states or value is None or value is False or value == default_of(dest):
             continue
         flag, which = '--' + dest.replace('_', '-'), ' or '.join(str(state) for state in states)
         if (dest, args.state) in MISTAKEN_FLAGS:
